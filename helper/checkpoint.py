@@ -89,3 +89,23 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, arch: str,
                               f"Is it a checkpoint of another model? (use --model_t to name it)")
     model.load_state_dict(state, strict=True)
     return ckpt
+
+
+def write_json_atomic(data: dict, path: str | os.PathLike) -> None:
+    """Write JSON through a temporary file + rename, so readers never see half a file."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

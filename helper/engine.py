@@ -1,0 +1,260 @@
+"""Runs a whole training job for both scripts: init stage, epochs, validation, checkpoints, logs, resume."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from helper.checkpoint import CheckpointError, load_checkpoint, save_atomic, write_json_atomic
+from helper.loops import train_epoch, validate
+from helper.objectives import InitObjective
+from helper.options import options_dict
+from helper.util import LOG, adjust_learning_rate, rng_state, set_rng_state
+
+STATE_FILE = "state.pth"
+
+
+@dataclass
+class Job:
+    """Everything a run needs. ``model`` is what is trained and saved (student or teacher)."""
+
+    opt: object
+    kind: str  # "teacher" or "student"
+    device: torch.device
+    model: nn.Module
+    objective: object
+    train_loader: object
+    test_loader: object
+    teacher: nn.Module | None = None
+    distiller: nn.Module | None = None
+    is_main: bool = True  # rank 0: prints, writes files
+    reduce: object = None  # sums a tensor across ranks (distributed validation)
+    model_name: str = ""  # architecture name used in checkpoint file names
+
+
+class TensorBoard:
+    """Scalars through torch.utils.tensorboard; a no-op on non-main ranks."""
+
+    def __init__(self, folder: str | None):
+        self.writer = None
+        if folder is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=folder, flush_secs=2)
+
+    def log(self, name: str, value: float, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def make_optimizer(params, lr: float, opt) -> torch.optim.SGD:
+    return torch.optim.SGD(params, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+
+
+def main_parameters(job: Job) -> list[nn.Parameter]:
+    """Student parameters, then every trainable extra module's (one group, as the original)."""
+    modules = [job.model] + (job.distiller.trainable_modules() if job.distiller is not None else [])
+    return [p for m in modules for p in m.parameters()]
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class Progress:
+    """Resumable progress counters (saved in the state file)."""
+
+    def __init__(self) -> None:
+        self.init_epochs_done = 0
+        self.epochs_done = 0
+        self.best_acc = 0.0
+        self.best_epoch = 0
+        self.last = {"top1": None, "top5": None}
+        self.teacher_acc = None
+        self.wall_time = 0.0
+
+    def state_dict(self) -> dict:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict) -> None:
+        vars(self).update(state)
+
+
+def resolve_resume(job: Job) -> Path | None:
+    opt = job.opt
+    if not opt.resume:
+        return None
+    if opt.resume == "auto":
+        path = Path(opt.save_folder) / STATE_FILE
+        if not path.exists():
+            LOG.info(f"==> --resume auto: no saved state in {opt.save_folder}, starting from scratch")
+            return None
+        return path
+    return Path(opt.resume)
+
+
+def save_state(job: Job, progress: Progress, optimizer, init_optimizer) -> None:
+    state = {
+        "kind": job.kind,
+        "model": job.model.state_dict(),
+        "distiller": job.distiller.state_dict() if job.distiller is not None else None,
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "init_optimizer": init_optimizer.state_dict() if init_optimizer is not None else None,
+        "progress": progress.state_dict(),
+        "rng": rng_state(),
+        "opt": options_dict(job.opt),
+    }
+    save_atomic(state, Path(job.opt.save_folder) / STATE_FILE)
+
+
+def load_state(job: Job, path: Path) -> dict:
+    try:
+        state = load_checkpoint(path, map_location=job.device)
+    except CheckpointError as e:
+        raise CheckpointError(f"cannot resume: {e}") from None
+    if state.get("kind") != job.kind or "progress" not in state:
+        raise CheckpointError(f"cannot resume from {path}: not a {job.kind} training state of this project")
+    job.model.load_state_dict(state["model"])
+    if job.distiller is not None and state.get("distiller") is not None:
+        job.distiller.load_state_dict(state["distiller"])
+    return state
+
+
+def write_results(job: Job, progress: Progress, finished: bool) -> None:
+    opt = job.opt
+    data = {
+        "kind": job.kind,
+        "model": job.model_name,
+        "teacher": getattr(opt, "model_t", None) if job.kind == "student" else None,
+        "distill": getattr(opt, "distill", None) if job.kind == "student" else None,
+        "trial": str(opt.trial),
+        "opt": options_dict(opt),
+        "teacher_acc": progress.teacher_acc,
+        "best_acc": progress.best_acc,
+        "best_epoch": progress.best_epoch,
+        "last_acc": progress.last["top1"],
+        "last_acc_top5": progress.last["top5"],
+        "epochs_done": progress.epochs_done,
+        "epochs": opt.epochs,
+        "init_epochs_done": progress.init_epochs_done,
+        "finished": finished,
+        "wall_time_s": round(progress.wall_time, 3),
+    }
+    write_json_atomic(data, Path(opt.save_folder) / "results.json")
+
+
+def run(job: Job) -> Progress:
+    """Train ``job.model`` to the end (or from a saved state), writing the original's files."""
+    opt, device = job.opt, job.device
+    tb = TensorBoard(opt.tb_folder if job.is_main else None)
+    progress = Progress()
+    optimizer = make_optimizer(main_parameters(job), opt.learning_rate, opt)
+    init_objective = None
+    init_optimizer = None
+    if job.distiller is not None and job.distiller.has_init_stage and opt.init_epochs > 0:
+        init_objective = InitObjective(job.model, job.teacher, job.distiller)
+        init_optimizer = make_optimizer(init_objective.modules.parameters(),
+                                        job.distiller.init_learning_rate(opt), opt)
+
+    resume_path = resolve_resume(job)
+    if resume_path is not None:
+        state = load_state(job, resume_path)
+        progress.load_state_dict(state["progress"])
+        if state.get("optimizer") is not None:
+            optimizer.load_state_dict(state["optimizer"])
+        if init_optimizer is not None and state.get("init_optimizer") is not None:
+            init_optimizer.load_state_dict(state["init_optimizer"])
+        set_rng_state(state["rng"])
+        LOG.info(f"==> resumed from {resume_path}: init epochs done {progress.init_epochs_done}, "
+                 f"epochs done {progress.epochs_done}/{opt.epochs}")
+
+    if init_objective is not None and progress.init_epochs_done < opt.init_epochs:
+        LOG.info(f"==> init stage of {opt.distill}: {opt.init_epochs} epochs at lr "
+                 f"{init_optimizer.param_groups[0]['lr']}")
+        for epoch in range(progress.init_epochs_done + 1, opt.init_epochs + 1):
+            t0 = time.perf_counter()
+            job.train_loader.set_epoch(-epoch)  # init epochs get their own shuffles
+            result = train_epoch(epoch, job.train_loader, init_objective, init_optimizer, opt, device,
+                                 stage="init")
+            tb.log("init_train_loss", result.loss, epoch)
+            progress.init_epochs_done = epoch
+            progress.wall_time += time.perf_counter() - t0
+            LOG.info(f"Epoch: [{epoch}]\t init_train_loss {result.loss:.3f}\t time {result.seconds:.1f}s")
+            if job.is_main:
+                save_state(job, progress, optimizer, init_optimizer)
+
+    if job.kind == "student" and progress.teacher_acc is None:
+        teacher_acc, _, _ = validate(job.test_loader, job.teacher, device, opt, job.reduce)
+        progress.teacher_acc = teacher_acc
+        LOG.info(f"teacher accuracy: {teacher_acc:.3f}")
+
+    total_epochs = opt.epochs
+    run_start_epoch = progress.epochs_done + 1
+    run_start_time = time.perf_counter()
+    for epoch in range(run_start_epoch, total_epochs + 1):
+        t0 = time.perf_counter()
+        lr = adjust_learning_rate(epoch, opt, optimizer)
+        LOG.info("==> training...")
+        job.train_loader.set_epoch(epoch)
+        result = train_epoch(epoch, job.train_loader, job.objective, optimizer, opt, device)
+        train_time = time.perf_counter() - t0
+        LOG.info(f"epoch {epoch}, total time {train_time:.2f}")
+        tb.log("train_acc", result.top1, epoch)
+        tb.log("train_loss", result.loss, epoch)
+        tb.log("learning_rate", lr, epoch)
+        for name, value in result.terms.items():
+            tb.log(f"loss/{name}", value, epoch)
+
+        test_acc, test_top5, test_loss = validate(job.test_loader, job.model, device, opt, job.reduce)
+        tb.log("test_acc", test_acc, epoch)
+        tb.log("test_acc_top5", test_top5, epoch)
+        tb.log("test_loss", test_loss, epoch)
+        progress.epochs_done = epoch
+        progress.last = {"top1": test_acc, "top5": test_top5}
+        progress.wall_time += time.perf_counter() - t0
+        improved = test_acc > progress.best_acc
+        if improved:
+            progress.best_acc, progress.best_epoch = test_acc, epoch
+        if job.is_main:
+            save_epoch_checkpoints(job, optimizer, epoch, test_acc, improved)
+            save_state(job, progress, optimizer, init_optimizer)
+            write_results(job, progress, finished=False)
+        done = epoch - run_start_epoch + 1
+        elapsed = time.perf_counter() - run_start_time
+        eta = elapsed / done * (total_epochs - epoch)
+        ips = result.images / max(result.seconds, 1e-9)
+        LOG.info(f"==> epoch {epoch}/{total_epochs}: {time.perf_counter() - t0:.1f}s, {ips:.0f} images/s, "
+                 f"test acc {test_acc:.2f} (best {progress.best_acc:.2f}), lr {lr:g}, ETA {_format_eta(eta)}")
+
+    LOG.info(f"best accuracy: {progress.best_acc:.3f}")
+    if job.is_main:
+        last = {"opt": options_dict(opt), "model": job.model.state_dict()}
+        if job.kind == "teacher":
+            last["optimizer"] = optimizer.state_dict()
+        save_atomic(last, Path(opt.save_folder) / f"{job.model_name}_last.pth")
+        write_results(job, progress, finished=True)
+    tb.close()
+    return progress
+
+
+def save_epoch_checkpoints(job: Job, optimizer, epoch: int, test_acc: float, improved: bool) -> None:
+    """The original's files: ``<model>_best.pth`` on improvement, ``ckpt_epoch_N.pth`` every save_freq."""
+    folder = Path(job.opt.save_folder)
+    extra = {"optimizer": optimizer.state_dict()} if job.kind == "teacher" else {}
+    if improved:
+        save_atomic({"epoch": epoch, "model": job.model.state_dict(), "best_acc": test_acc, **extra},
+                    folder / f"{job.model_name}_best.pth")
+    if epoch % job.opt.save_freq == 0:
+        LOG.info("==> Saving...")
+        save_atomic({"epoch": epoch, "model": job.model.state_dict(), "accuracy": test_acc, **extra},
+                    folder / f"ckpt_epoch_{epoch}.pth")

@@ -1,0 +1,47 @@
+"""Train a CIFAR-100 network from scratch (the teachers of the paper, and the vanilla students)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from helper.engine import Job, run
+from helper.objectives import TeacherObjective
+from helper.options import add_common_args, check_common, make_run_folders, model_names, override_small_lr
+from helper.setup import build_data, build_model, cli, prepare_run
+from helper.util import LOG
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("argument for training")
+    add_common_args(parser)
+    parser.add_argument("--model", type=str, default="resnet110", choices=model_names())
+    parser.add_argument("-t", "--trial", type=int, default=0, help="the experiment id")
+    return parser
+
+
+def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = get_args_parser()
+    opt = parser.parse_args(argv)
+    check_common(parser, opt)
+    opt.lr_override = override_small_lr(opt, opt.model)
+    opt.model_name = (f"{opt.model}_{opt.dataset}_lr_{opt.learning_rate}_decay_{opt.weight_decay}"
+                      f"_trial_{opt.trial}")
+    make_run_folders(opt, "models", "tensorboard")
+    return opt
+
+
+@cli
+def main(argv: list[str] | None = None) -> None:
+    opt = parse_option(argv)
+    device = prepare_run(opt)
+    if opt.lr_override:
+        LOG.info(opt.lr_override)
+    train_loader, test_loader = build_data(opt, device, instance=False)[:2]
+    model = build_model(opt.model, 100, device)
+    job = Job(opt=opt, kind="teacher", device=device, model=model, objective=TeacherObjective(model),
+              train_loader=train_loader, test_loader=test_loader, model_name=opt.model)
+    run(job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
