@@ -6,12 +6,50 @@ The training loop knows nothing else about methods.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Callable, ClassVar
 
 import torch
 from torch import nn
 
 DISTILLERS: dict[str, type["Distiller"]] = {}
+
+# A model's ``is_feat=True`` list: 4-D maps (B, C, H, W) from the stem on, then the pooled (B, C) vector.
+Features = Sequence[torch.Tensor]
+
+
+def middle(feats: Features) -> list[torch.Tensor]:
+    """The block outputs between the stem and the pooled vector (AT, NST, VID, AB, KDSVD)."""
+    return list(feats[1:-1])
+
+
+def spatial(feats: Features) -> list[torch.Tensor]:
+    """Every 4-D map, i.e. all but the pooled vector (FSP)."""
+    return list(feats[:-1])
+
+
+def penultimate(feats: Features) -> torch.Tensor:
+    """The last 4-D map (SP, FT)."""
+    return feats[-2]
+
+
+def pooled(feats: Features) -> torch.Tensor:
+    """The globally pooled (B, C) vector fed to the classifier (CC, CRD, PKT, RKD)."""
+    return feats[-1]
+
+
+def total(losses: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Sum of per-layer losses as a 0-d tensor, added in list order like the original."""
+    return sum(losses).reshape(())
+
+
+def channels(feats: Features) -> list[int]:
+    return [f.shape[1] for f in feats]
+
+
+def pair_name(opt) -> str:
+    """'student X, teacher Y' for error messages."""
+    return f"student {getattr(opt, 'model_s', '?')}, teacher {getattr(opt, 'model_t', '?')}"
 
 
 def register_distiller(name: str) -> Callable[[type["Distiller"]], type["Distiller"]]:
@@ -50,6 +88,13 @@ class Distiller(nn.Module):
         """Extra modules kept in eval mode (and out of the optimizer) in the main stage."""
         return []
 
+    def train(self, mode: bool = True) -> "Distiller":
+        """Like ``nn.Module.train``, but frozen modules always stay in eval mode."""
+        super().train(mode)
+        for module in self.frozen_modules():
+            module.train(False)
+        return self
+
     def forward(self, feat_s: list[torch.Tensor], feat_t: list[torch.Tensor],
                 logit_s: torch.Tensor, logit_t: torch.Tensor, batch) -> torch.Tensor:
         """The method's loss term (weighted by ``-b/--beta`` in the loop)."""
@@ -65,3 +110,48 @@ class Distiller(nn.Module):
 
     def init_loss(self, feat_s: list[torch.Tensor], feat_t: list[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError(f"{self.name} has no init stage")
+
+    # Construction-time checks shared by the layer-wise methods.
+    def require_same_depth(self, opt, feat_s: Features, feat_t: Features) -> None:
+        """Layer-wise methods pair the i-th student feature with the i-th teacher feature."""
+        if len(feat_s) != len(feat_t):
+            raise ValueError(
+                f"--distill {self.name} compares features layer by layer, but {pair_name(opt)} return "
+                f"{len(feat_s)} and {len(feat_t)} features; use models with the same number of stages, "
+                f"or a method on the final features (e.g. kd, crd, pkt, rkd, similarity, correlation)")
+
+    def require_same_channels(self, opt, feat_s: Features, feat_t: Features, why: str) -> None:
+        if channels(feat_s) != channels(feat_t):
+            raise ValueError(
+                f"--distill {self.name} needs equal channel counts at every compared layer ({why}), but "
+                f"{pair_name(opt)} have {channels(feat_s)} and {channels(feat_t)}; choose a pair of the "
+                f"same width (e.g. resnet32x4 -> resnet8x4) or another --distill method")
+
+
+def _modes(model: nn.Module) -> list[bool]:
+    return [m.training for m in model.modules()]
+
+
+def _restore_modes(model: nn.Module, modes: list[bool]) -> None:
+    for m, training in zip(model.modules(), modes):
+        m.training = training
+
+
+def build_distiller(opt, model_s: nn.Module, model_t: nn.Module) -> Distiller:
+    """Instantiate ``DISTILLERS[opt.distill]`` from the feature shapes of a dummy (2, 3, 32, 32) batch."""
+    if opt.distill not in DISTILLERS:
+        raise ValueError(f"unknown --distill {opt.distill!r}; valid names: {', '.join(sorted(DISTILLERS))}")
+    device = next(model_s.parameters()).device
+    # Drawn from the global CPU generator like the original, so later RNG consumers see the same state.
+    data = torch.randn(2, 3, 32, 32).to(device)
+    modes_s, modes_t = _modes(model_s), _modes(model_t)
+    model_t.eval()
+    model_s.eval()
+    try:
+        with torch.no_grad():
+            feat_t, _ = model_t(data, is_feat=True)
+            feat_s, _ = model_s(data, is_feat=True)
+    finally:
+        _restore_modes(model_s, modes_s)
+        _restore_modes(model_t, modes_t)
+    return DISTILLERS[opt.distill](opt, feat_s, feat_t).to(device)

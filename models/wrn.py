@@ -112,14 +112,9 @@ class WideResNet(nn.Module):
         return [f0, f1, f2, f3, f4], logits
 
 
-@register_model("wrn_40_2")
-def wrn_40_2(**kwargs: Any) -> WideResNet:
-    return WideResNet(depth=40, widen_factor=2, **kwargs)
-
-
-@register_model("wrn_40_1")
-def wrn_40_1(**kwargs: Any) -> WideResNet:
-    return WideResNet(depth=40, widen_factor=1, **kwargs)
+@register_model("wrn_16_1")
+def wrn_16_1(**kwargs: Any) -> WideResNet:
+    return WideResNet(depth=16, widen_factor=1, **kwargs)
 
 
 @register_model("wrn_16_2")
@@ -127,6 +122,11 @@ def wrn_16_2(**kwargs: Any) -> WideResNet:
     return WideResNet(depth=16, widen_factor=2, **kwargs)
 
 
-@register_model("wrn_16_1")
-def wrn_16_1(**kwargs: Any) -> WideResNet:
-    return WideResNet(depth=16, widen_factor=1, **kwargs)
+@register_model("wrn_40_1")
+def wrn_40_1(**kwargs: Any) -> WideResNet:
+    return WideResNet(depth=40, widen_factor=1, **kwargs)
+
+
+@register_model("wrn_40_2")
+def wrn_40_2(**kwargs: Any) -> WideResNet:
+    return WideResNet(depth=40, widen_factor=2, **kwargs)
