@@ -138,7 +138,8 @@ def teacher_accuracies(pair: Pair, students: list[dict], teachers: list[dict]) -
 
 def build_table(results: Iterable[dict], include_unfinished: bool = False) -> Table:
     """Group runs into (method, pair) cells; unfinished runs are left out unless asked for."""
-    kept = [r for r in results if include_unfinished or r.get("finished")]
+    kept = [r for r in results
+            if (include_unfinished or r.get("finished")) and r.get("last_acc") is not None]
     students = [r for r in kept if r["kind"] == "student"]
     teachers = [r for r in kept if r["kind"] == "teacher"]
     pairs = order_pairs((r["teacher"], r["model"]) for r in students)

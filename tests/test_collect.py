@@ -13,7 +13,7 @@ TEACHER_PATH = "./save/models/resnet32x4_vanilla/ckpt_epoch_240.pth"
 
 def write_run(root: Path, name: str, *, kind: str = "student", model: str = "resnet8x4",
               teacher: str | None = "resnet32x4", distill: str | None = "kd", alpha: float = 0.0,
-              last_acc: float = 70.0, teacher_acc: float | None = 79.42, finished: bool = True,
+              last_acc: float | None = 70.0, teacher_acc: float | None = 79.42, finished: bool = True,
               trial: str = "1") -> Path:
     folder = root / name
     folder.mkdir(parents=True)
@@ -22,7 +22,7 @@ def write_run(root: Path, name: str, *, kind: str = "student", model: str = "res
         "opt": {"gamma": 1.0, "alpha": alpha, "beta": 0.8,
                 "path_t": TEACHER_PATH if kind == "student" else None},
         "teacher_acc": teacher_acc if kind == "student" else None,
-        "best_acc": last_acc + 0.5, "best_epoch": 200, "last_acc": last_acc, "last_acc_top5": 95.0,
+        "best_acc": last_acc, "best_epoch": 200, "last_acc": last_acc, "last_acc_top5": 95.0,
         "epochs_done": 240 if finished else 12, "epochs": 240, "finished": finished, "wall_time_s": 1.0,
     }
     (folder / "results.json").write_text(json.dumps(result))
@@ -79,6 +79,7 @@ def test_teacher_row_falls_back_to_vanilla_runs_of_the_teacher_architecture(tmp_
 
 
 def test_unfinished_runs_are_skipped_unless_included(runs: Path):
+    write_run(runs / "save" / "student_model", "not_started", distill="hint", last_acc=None, finished=False)
     results = collect.load_results(collect.DEFAULT_ROOTS)
     assert collect.build_table(results).cell("FitNet", PAIR) is None
     assert collect.build_table(results, include_unfinished=True).cell("FitNet", PAIR) == collect.Cell(10.0, 0.0, 1)
