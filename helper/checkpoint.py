@@ -77,7 +77,8 @@ def state_dict_mismatch(model: nn.Module, state: dict[str, torch.Tensor], limit:
 
 
 def load_model_weights(model: nn.Module, path: str | os.PathLike, arch: str,
-                       map_location: str | torch.device = "cpu") -> dict:
+                       map_location: str | torch.device = "cpu",
+                       hint: str = "Is it a checkpoint of another model? (use --model_t to name it)") -> dict:
     """Load ``ckpt['model']`` from ``path`` into ``model`` with ``strict=True``; return the checkpoint."""
     ckpt = load_checkpoint(path, map_location)
     state = ckpt.get("model")
@@ -85,8 +86,7 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, arch: str,
         raise CheckpointError(f"{path} has no 'model' state_dict (keys: {sorted(ckpt)[:5]})")
     problem = state_dict_mismatch(model, state)
     if problem:
-        raise CheckpointError(f"{path} does not fit architecture {arch}: {problem}. "
-                              f"Is it a checkpoint of another model? (use --model_t to name it)")
+        raise CheckpointError(f"{path} does not fit architecture {arch}: {problem}. {hint}".rstrip())
     model.load_state_dict(state, strict=True)
     return ckpt
 

@@ -10,7 +10,11 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PY="$VENV/bin/python"
 stamp="$VENV/.installed-$(basename "$REQ_FILE")"
-if [ ! -f "$stamp" ] || [ "$ROOT/$REQ_FILE" -nt "$stamp" ] || [ "$ROOT/requirements.txt" -nt "$stamp" ]; then
+up_to_date() {  # $1: a stamp file, newer than the requirements it covers
+  [ -f "$1" ] && ! [ "$ROOT/$REQ_FILE" -nt "$1" ] && ! [ "$ROOT/requirements.txt" -nt "$1" ]
+}
+# requirements-test.txt includes requirements.txt, so its stamp covers both.
+if ! up_to_date "$stamp" && ! up_to_date "$VENV/.installed-requirements-test.txt"; then
   echo "==> installing $REQ_FILE into $VENV (first run only; torch is large)"
   "$PY" -m pip install --disable-pip-version-check -q -r "$ROOT/$REQ_FILE"
   touch "$stamp"

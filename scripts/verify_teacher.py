@@ -32,7 +32,8 @@ def verify_teacher(path: str, arch: str) -> str:
         raise VerifyError(f"unknown architecture {arch!r} (known: {', '.join(sorted(model_dict))})")
     try:
         # The paper's checkpoints hold CUDA tensors: map them to the CPU to check them anywhere.
-        ckpt = load_model_weights(model_dict[arch](num_classes=NUM_CLASSES), path, arch, map_location="cpu")
+        ckpt = load_model_weights(model_dict[arch](num_classes=NUM_CLASSES), path, arch, map_location="cpu",
+                                  hint="")
     except CheckpointError as e:
         raise VerifyError(str(e)) from None
     return f"{arch} checkpoint is valid" + "".join(f", {k} {v}" for k, v in summary(ckpt).items())
