@@ -52,10 +52,12 @@ class DistillObjective:
             logit_s = self.model_s(x)
             with torch.no_grad():
                 logit_t = self.model_t(x)
-        # Numerically delicate parts in float32 even under autocast.
-        ce = F.cross_entropy(logit_s.float(), batch.labels)
-        kl = self.kl(logit_s.float(), logit_t.float())
-        term = self.distiller(feat_s, feat_t, logit_s, logit_t, batch)
+        # Losses in float32 even under autocast (PKT's ~1e-4 values, KL, CRD's exp do not fit bf16).
+        logit_s, logit_t = logit_s.float(), logit_t.float()
+        ce = F.cross_entropy(logit_s, batch.labels)
+        kl = self.kl(logit_s, logit_t)
+        with torch.autocast(x.device.type, enabled=False):
+            term = self.distiller([f.float() for f in feat_s], [f.float() for f in feat_t], logit_s, logit_t, batch)
         loss = self.gamma * ce + self.alpha * kl + self.beta * term
         terms = {"ce": ce.detach(), "kl": kl.detach(), self.distiller.name: term.detach().sum()}
         return StepOutput(loss, logit_s, terms)
