@@ -1,0 +1,103 @@
+"""CRD contrast indices drawn for a whole batch at once, on the device that holds the labels."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
+
+# Random integers come from [0, 2**62): modulo bias and key ties are below 1e-13, i.e. never observed.
+_KEY_RANGE = 2 ** 62
+
+
+def uniform_below(bounds: Tensor, k: int, generator: torch.Generator) -> Tensor:
+    """(R, k) independent uniform integers, row r in [0, bounds[r])."""
+    draws = torch.randint(0, _KEY_RANGE, (bounds.shape[0], k), generator=generator, device=bounds.device)
+    return draws % bounds[:, None]
+
+
+def distinct_below(bounds: Tensor, k: int, width: int, generator: torch.Generator) -> Tensor:
+    """(R, k) integers, row r a uniformly random k-subset of [0, bounds[r]) (needs k <= bounds[r] <= width).
+
+    The order within a row carries no meaning.
+    """
+    if bounds.device.type == "cpu":
+        return distinct_by_partial_shuffle(bounds, k, width, generator)
+    return distinct_by_random_keys(bounds, k, width, generator)
+
+
+def distinct_by_random_keys(bounds: Tensor, k: int, width: int, generator: torch.Generator) -> Tensor:
+    """The positions of the k smallest of `width` i.i.d. random keys per row, keys at positions >= bounds[r]
+    pushed past every real key. O(R * width) parallel work and no host sync: the accelerator kernel."""
+    keys = torch.randint(0, _KEY_RANGE, (bounds.shape[0], width), generator=generator, device=bounds.device)
+    keys.masked_fill_(torch.arange(width, device=bounds.device) >= bounds[:, None], _KEY_RANGE)
+    return keys.topk(k, dim=1, largest=False, sorted=False).indices
+
+
+def distinct_by_partial_shuffle(bounds: Tensor, k: int, width: int, generator: torch.Generator) -> Tensor:
+    """numpy's partial Fisher-Yates shuffle, row by row, seeded from `generator`: O(k) draws per row, which
+    on a CPU beats generating and selecting R * width keys several times over."""
+    rng = np.random.default_rng(int(torch.randint(0, _KEY_RANGE, (1,), generator=generator)))
+    rows = [rng.choice(bound, k, replace=False) for bound in bounds.tolist()]
+    return torch.from_numpy(np.stack(rows)) if rows else torch.empty(0, k, dtype=torch.int64)
+
+
+class ContrastSampler:
+    """CRD's contrast indices (Tian et al., ICLR 2020): per anchor a positive, then k negatives of other classes.
+
+    Same distribution as `CIFAR100InstanceSample`: the positive is the anchor itself ('exact') or a uniform
+    member of its class ('relax', may be the anchor); the negatives are a uniform k-subset of the anchor's
+    negative pool when k fits in it, else k uniform draws with replacement. The pool is every sample of the
+    other classes, or with 0 < percent < 1 a random int(len * percent) of them, fixed at construction.
+    """
+
+    def __init__(self, labels: Tensor, k: int, mode: str = "exact", percent: float = 1.0,
+                 num_classes: int = 100, seed: int = 0) -> None:
+        if mode not in ("exact", "relax"):
+            raise ValueError(f"CRD mode must be 'exact' or 'relax', got {mode!r}")
+        if k < 1:
+            raise ValueError(f"CRD needs k >= 1 negatives, got {k}")
+        self.k, self.mode = k, mode
+        device = labels.device
+        labels = labels.cpu()
+        members = [torch.nonzero(labels == c).flatten() for c in range(num_classes)]
+        generator = torch.Generator().manual_seed(seed)
+        pools = []
+        for c in range(num_classes):
+            pool = torch.cat([members[j] for j in range(num_classes) if j != c])
+            if 0 < percent < 1:
+                pool = pool[torch.randperm(len(pool), generator=generator)[:int(len(pool) * percent)]]
+            pools.append(pool)
+        class_size = torch.tensor([len(m) for m in members])
+        pool_size = torch.tensor([len(p) for p in pools])
+        present = class_size > 0
+        if (pool_size[present] == 0).any():
+            raise ValueError("CRD needs negatives: every class present must leave a non-empty negative pool")
+        with_replacement = k > pool_size
+        self.all_distinct = not with_replacement[present].any()
+        self.all_with_replacement = bool(with_replacement[present].all())
+        self.members = pad_sequence(members, batch_first=True, padding_value=-1).to(device)  # (C, max class)
+        self.pools = pad_sequence(pools, batch_first=True, padding_value=-1).to(device)  # (C, max pool)
+        self.class_size = class_size.to(device)
+        self.pool_size = pool_size.to(device)
+        self.with_replacement = with_replacement.to(device)
+
+    def sample(self, indices: Tensor, labels: Tensor, generator: torch.Generator) -> Tensor:
+        """(B, k+1) int64 contrast indices for anchors `indices` with classes `labels`; column 0 = positive."""
+        if self.mode == "exact":
+            positive = indices
+        else:
+            member = uniform_below(self.class_size[labels], 1, generator)[:, 0]
+            positive = self.members.view(-1).index_select(0, labels * self.members.shape[1] + member)
+        pool = self.pool_size[labels]
+        if self.all_with_replacement:
+            positions = uniform_below(pool, self.k, generator)
+        elif self.all_distinct:
+            positions = distinct_below(pool, self.k, self.pools.shape[1], generator)
+        else:  # unbalanced classes, only some pools smaller than k (the boolean mask syncs a GPU)
+            positions = uniform_below(pool, self.k, generator)
+            distinct = ~self.with_replacement[labels]
+            positions[distinct] = distinct_below(pool[distinct], self.k, self.pools.shape[1], generator)
+        flat = (labels[:, None] * self.pools.shape[1] + positions).view(-1)
+        negatives = self.pools.view(-1).index_select(0, flat).view(positions.shape)  # faster than take on a CPU
+        return torch.cat([positive[:, None], negatives], dim=1)
