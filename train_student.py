@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from helper.distributed import sum_across_ranks
 from helper.engine import Job, run
 from helper.objectives import DistillObjective
 from helper.options import (add_common_args, check_common, get_teacher_name, make_run_folders, model_names,
@@ -92,6 +93,10 @@ def main(argv: list[str] | None = None) -> None:
         LOG.info(opt.lr_override)
     crd_k = opt.nce_k if opt.distill == "crd" else None
     train_loader, test_loader, n_data = build_data(opt, device, instance=True, crd_k=crd_k)
+    if crd_k is not None and crd_k >= n_data:
+        raise SetupError(f"--nce_k {crd_k} is too large: CRD draws its negatives from the other samples of "
+                         f"the training set, which holds {n_data} images in {opt.data_folder}; use --nce_k "
+                         f"below {n_data} (the paper uses 16384 of CIFAR-100's 50000)")
     opt.n_data = n_data
     model_t = load_teacher(opt, device)
     model_s = build_model(opt.model_s, 100, device)
@@ -101,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SetupError(f"--distill {opt.distill} with {opt.model_t} -> {opt.model_s}: {e}") from None
     job = Job(opt=opt, kind="student", device=device, model=model_s,
               objective=DistillObjective(model_s, model_t, distiller, opt), train_loader=train_loader,
-              test_loader=test_loader, teacher=model_t, distiller=distiller, model_name=opt.model_s)
+              test_loader=test_loader, teacher=model_t, distiller=distiller, model_name=opt.model_s,
+              is_main=opt.is_main, reduce=sum_across_ranks)
     run(job)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from helper.distributed import sum_across_ranks
 from helper.engine import Job, run
 from helper.objectives import TeacherObjective
 from helper.options import add_common_args, check_common, make_run_folders, model_names, override_small_lr
@@ -39,7 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     train_loader, test_loader = build_data(opt, device, instance=False)[:2]
     model = build_model(opt.model, 100, device)
     job = Job(opt=opt, kind="teacher", device=device, model=model, objective=TeacherObjective(model),
-              train_loader=train_loader, test_loader=test_loader, model_name=opt.model)
+              train_loader=train_loader, test_loader=test_loader, model_name=opt.model,
+              is_main=opt.is_main, reduce=sum_across_ranks)
     run(job)
 
 

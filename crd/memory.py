@@ -94,6 +94,9 @@ class ContrastMemory(nn.Module):
                 z_v2 = self._set_normalization(3, out_v2, "Z_v2")
             out_v1 = out_v1 / z_v1
             out_v2 = out_v2 / z_v2
+            if _world_size() > 1:
+                # Every rank applies every rank's rows, so that all ranks keep the same bank.
+                v1, v2, y = _rows_from_all_ranks(v1, v2, y)
             # After scoring: the scores use the pre-update rows. The whole-bank matmul keeps the bank
             # itself for its backward, so then the update must build a new tensor instead of writing in place.
             self._update("memory_v1", v1, y, momentum, in_place=not whole_bank)
@@ -118,8 +121,9 @@ class ContrastMemory(nn.Module):
 
     @torch.no_grad()
     def _set_normalization(self, slot: int, out: torch.Tensor, name: str) -> float:
-        """Z = mean score x n_data, fixed from the first batch (and saved in params for resume)."""
-        self.params[slot] = out.mean() * self.nLem
+        """Z = mean score x n_data, fixed from the first batch (averaged over the ranks when several
+        processes train, so all use the same Z) and saved in params for resume."""
+        self.params[slot] = _mean_over_ranks(out.mean()) * self.nLem
         z = self.params[slot].item()
         self._constants[slot] = z
         LOG.info(f"normalization constant {name} is set to {z:.1f}")
@@ -135,3 +139,38 @@ class ContrastMemory(nn.Module):
             memory.index_copy_(0, y, rows)
         else:
             setattr(self, name, memory.index_copy(0, y, rows))
+
+
+def _world_size() -> int:
+    distributed = torch.distributed
+    return distributed.get_world_size() if distributed.is_available() and distributed.is_initialized() else 1
+
+
+def _mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """The mean of ``value`` over the ranks (equal batch sizes: the mean of the whole step); unchanged alone."""
+    if _world_size() == 1:
+        return value
+    value = value.detach().clone()
+    torch.distributed.all_reduce(value)
+    return value / _world_size()
+
+
+@torch.no_grad()
+def _rows_from_all_ranks(v1: torch.Tensor, v2: torch.Tensor,
+                         y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, D), (B, D), (B,) of this rank -> (W*B, D), (W*B, D), (W*B,) of every rank, in rank order.
+
+    Needs the same B on every rank (the loaders pad the shards to equal length). A padded sample can sit
+    on two ranks: all its copies get the row of its first one, so the update writes the same value
+    whichever copy lands last (index_copy_ with repeated indices has no fixed order on CUDA).
+    """
+    world = _world_size()
+    both = torch.cat([v1, v2], dim=1).contiguous()  # (B, 2D): one all_gather for both views
+    parts = [torch.empty_like(both) for _ in range(world)]
+    torch.distributed.all_gather(parts, both)
+    indices = [torch.empty_like(y) for _ in range(world)]
+    torch.distributed.all_gather(indices, y.contiguous())
+    both, y = torch.cat(parts), torch.cat(indices)
+    first = (y[:, None] == y[None, :]).int().argmax(dim=1)  # (W*B,) first position of the same index
+    both = both.index_select(0, first)
+    return both[:, :v1.size(1)], both[:, v1.size(1):], y

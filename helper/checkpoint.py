@@ -1,40 +1,113 @@
 """The one checkpoint reader/writer: atomic writes, ``weights_only`` reads, clear errors."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import torch
 from torch import nn
+
+
+# How torch's weights_only unpickler words a refusal to build or call an arbitrary object.
+_NEEDS_CODE = ("Unsupported global", "unsupported GLOBAL", "Trying to call reduce", "Can only create new object",
+               "Can only build")
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit its architecture (message says why)."""
 
 
-def save_atomic(obj: Any, path: str | os.PathLike) -> None:
+def save_atomic(obj: Any, path: str | os.PathLike, previous: str | os.PathLike | None = None) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
 
     A crash (or a full disk) at any moment leaves either the old file or the new one, never a
-    truncated mix.
+    truncated mix; a failed write raises CheckpointError and leaves no temporary file. With
+    ``previous``, the file being replaced is kept there (a fallback should ``path`` ever be damaged).
     """
+    _write_atomic(path, lambda f: torch.save(obj, f), previous=previous)
+
+
+def _write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None],
+                  previous: str | os.PathLike | None = None) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            recorder = _WriteErrorRecorder(f)
+            try:
+                write(recorder)
+            except Exception:
+                # torch.save turns a failed write (e.g. ENOSPC) into a bare RuntimeError: report the cause.
+                if recorder.error is not None:
+                    raise recorder.error from None
+                raise
             f.flush()
             os.fsync(f.fileno())
+        if previous is not None and path.exists():
+            _keep_copy(path, Path(previous))
         os.replace(tmp, path)
-    except BaseException:
+        tmp = None
+        _fsync_folder(path.parent)
+    except OSError as e:
+        raise CheckpointError(f"cannot write {path}: {e.strerror or e}; the previous {path.name} (if any) "
+                              f"is intact. Free some space or fix the folder's permissions (or choose "
+                              f"another --save_root)") from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+
+
+class _WriteErrorRecorder:
+    """A binary file that remembers the first OSError of its writes."""
+
+    def __init__(self, f: BinaryIO):
+        self.f = f
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _keep_copy(path: Path, previous: Path) -> None:
+    """Make ``previous`` a copy of ``path`` without a moment where ``path`` is missing (a hard link)."""
+    link = previous.with_name(f".{previous.name}.tmp")
+    try:
+        if link.exists():
+            link.unlink()
+        os.link(path, link)
+        os.replace(link, previous)
+    except OSError:  # no hard links here: a rename (resume falls back to ``previous`` if ``path`` is gone)
+        os.replace(path, previous)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename durable; not every platform can open a folder, which only costs durability."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -44,16 +117,22 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
     except Exception as e:  # torch raises pickle/zip/runtime errors of many types
         text = str(e)
-        if "weights_only" in text or "Unsupported global" in text:
+        if any(sign in text for sign in _NEEDS_CODE):
+            needs = re.search(r"GLOBAL (\S+)", text)
             raise CheckpointError(
-                f"{path} holds Python objects that need code execution to load; checkpoints are "
-                f"loaded with torch.load(weights_only=True) for safety, so it is refused. Re-save "
-                f"it with plain tensors/dicts (e.g. torch.save({{'model': state_dict}}, path))."
+                f"{path} holds Python objects that need code execution to load"
+                f"{f' ({needs.group(1)})' if needs else ''}; checkpoints are loaded with "
+                f"torch.load(weights_only=True) for safety, so it is refused. Re-save it with plain "
+                f"tensors/dicts (e.g. torch.save({{'model': state_dict}}, path))."
             ) from None
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        detail = detail.group(1) if detail else (text.splitlines()[0] if text else "")
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
-                              f"{type(e).__name__}: {text.splitlines()[0] if text else ''}") from None
+                              f"{type(e).__name__}: {detail}") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, expected a checkpoint dict")
     return ckpt
@@ -93,19 +172,5 @@ def load_model_weights(model: nn.Module, path: str | os.PathLike, arch: str,
 
 def write_json_atomic(data: dict, path: str | os.PathLike) -> None:
     """Write JSON through a temporary file + rename, so readers never see half a file."""
-    import json
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    _write_atomic(path, lambda f: f.write(text.encode()))

@@ -8,13 +8,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from helper.checkpoint import CheckpointError, load_checkpoint, save_atomic, write_json_atomic
+from helper.checkpoint import (CheckpointError, load_checkpoint, save_atomic, state_dict_mismatch,
+                               write_json_atomic)
+from helper.distributed import (average_buffers, broadcast_state, gather_objects, parallel,
+                                rank_rng_state)
 from helper.loops import train_epoch, validate
 from helper.objectives import InitObjective
 from helper.options import options_dict
+from helper.setup import ensure_writable
 from helper.util import LOG, adjust_learning_rate, rng_state, set_rng_state
 
 STATE_FILE = "state.pth"
+PREVIOUS_STATE_FILE = "state.prev.pth"  # the state before the latest: the fallback if state.pth is damaged
 
 
 @dataclass
@@ -58,10 +63,14 @@ def make_optimizer(params, lr: float, opt) -> torch.optim.SGD:
     return torch.optim.SGD(params, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
 
 
+def main_modules(job: Job) -> list[nn.Module]:
+    """What the main stage trains: the student, then every trainable extra module."""
+    return [job.model] + (job.distiller.trainable_modules() if job.distiller is not None else [])
+
+
 def main_parameters(job: Job) -> list[nn.Parameter]:
     """Student parameters, then every trainable extra module's (one group, as the original)."""
-    modules = [job.model] + (job.distiller.trainable_modules() if job.distiller is not None else [])
-    return [p for m in modules for p in m.parameters()]
+    return [p for m in main_modules(job) for p in m.parameters()]
 
 
 def _format_eta(seconds: float) -> str:
@@ -90,20 +99,45 @@ class Progress:
         vars(self).update(state)
 
 
-def resolve_resume(job: Job) -> Path | None:
-    opt = job.opt
+def resume_candidates(opt) -> list[Path]:
+    """State files to try in order: the one named, or (``--resume auto``) this run's latest, then previous."""
     if not opt.resume:
-        return None
-    if opt.resume == "auto":
-        path = Path(opt.save_folder) / STATE_FILE
-        if not path.exists():
-            LOG.info(f"==> --resume auto: no saved state in {opt.save_folder}, starting from scratch")
-            return None
-        return path
-    return Path(opt.resume)
+        return []
+    if opt.resume != "auto":
+        return [Path(opt.resume)]
+    folder = Path(opt.save_folder)
+    return [path for path in (folder / STATE_FILE, folder / PREVIOUS_STATE_FILE) if path.exists()]
 
 
-def save_state(job: Job, progress: Progress, optimizer, init_optimizer) -> None:
+def saved_seed(opt) -> int | None:
+    """The seed of the run a resume continues (the tensor data path derives every epoch's order from it)."""
+    for path in resume_candidates(opt):
+        try:
+            seed = load_checkpoint(path).get("opt", {}).get("seed")
+        except CheckpointError:
+            continue  # reported when the state itself is loaded
+        return seed if isinstance(seed, int) else None
+    return None
+
+
+def load_resume_state(job: Job) -> tuple[Path, dict] | None:
+    """The first candidate state that loads; a damaged one is reported and the next one used."""
+    candidates = resume_candidates(job.opt)
+    if job.opt.resume == "auto" and not candidates:
+        LOG.info(f"==> --resume auto: no saved state in {job.opt.save_folder}, starting from scratch")
+    for path, fallback in zip(candidates, candidates[1:] + [None]):
+        try:
+            return path, load_state(job, path)
+        except CheckpointError as e:
+            if fallback is None:
+                raise
+            LOG.warning(f"==> WARNING: {e}; resuming from the previous state {fallback} instead")
+    return None
+
+
+def save_state(job: Job, progress: Progress, optimizer, init_optimizer, rng: list[dict] | None = None) -> None:
+    """``rng``: every rank's RNG state (gather_objects), saved so that each rank of a resumed run goes on
+    with its own; None: this process's."""
     state = {
         "kind": job.kind,
         "model": job.model.state_dict(),
@@ -111,10 +145,12 @@ def save_state(job: Job, progress: Progress, optimizer, init_optimizer) -> None:
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "init_optimizer": init_optimizer.state_dict() if init_optimizer is not None else None,
         "progress": progress.state_dict(),
-        "rng": rng_state(),
+        "rng": rng_state() if rng is None else rng[0],
+        "rng_ranks": rng if rng is not None and len(rng) > 1 else None,
         "opt": options_dict(job.opt),
     }
-    save_atomic(state, Path(job.opt.save_folder) / STATE_FILE)
+    folder = Path(job.opt.save_folder)
+    save_atomic(state, folder / STATE_FILE, previous=folder / PREVIOUS_STATE_FILE)
 
 
 def load_state(job: Job, path: Path) -> dict:
@@ -124,9 +160,15 @@ def load_state(job: Job, path: Path) -> dict:
         raise CheckpointError(f"cannot resume: {e}") from None
     if state.get("kind") != job.kind or "progress" not in state:
         raise CheckpointError(f"cannot resume from {path}: not a {job.kind} training state of this project")
-    job.model.load_state_dict(state["model"])
+    parts = [(job.model, state["model"])]
     if job.distiller is not None and state.get("distiller") is not None:
-        job.distiller.load_state_dict(state["distiller"])
+        parts.append((job.distiller, state["distiller"]))
+    for module, saved in parts:  # check everything before loading anything
+        problem = state_dict_mismatch(module, saved) if isinstance(saved, dict) else "no state_dict"
+        if problem:
+            raise CheckpointError(f"cannot resume from {path}: it was saved by another kind of run ({problem})")
+    for module, saved in parts:
+        module.load_state_dict(saved)
     return state
 
 
@@ -156,8 +198,8 @@ def write_results(job: Job, progress: Progress, finished: bool) -> None:
 def run(job: Job) -> Progress:
     """Train ``job.model`` to the end (or from a saved state), writing the original's files."""
     opt, device = job.opt, job.device
-    tb = TensorBoard(opt.tb_folder if job.is_main else None)
     progress = Progress()
+    broadcast_state(job.model, job.distiller)  # several processes: each built them from its own seed
     optimizer = make_optimizer(main_parameters(job), opt.learning_rate, opt)
     init_objective = None
     init_optimizer = None
@@ -166,32 +208,40 @@ def run(job: Job) -> Progress:
         init_optimizer = make_optimizer(init_objective.modules.parameters(),
                                         job.distiller.init_learning_rate(opt), opt)
 
-    resume_path = resolve_resume(job)
-    if resume_path is not None:
-        state = load_state(job, resume_path)
+    resumed = load_resume_state(job)
+    if resumed is not None:
+        resume_path, state = resumed
         progress.load_state_dict(state["progress"])
         if state.get("optimizer") is not None:
             optimizer.load_state_dict(state["optimizer"])
         if init_optimizer is not None and state.get("init_optimizer") is not None:
             init_optimizer.load_state_dict(state["init_optimizer"])
-        set_rng_state(state["rng"])
+        set_rng_state(rank_rng_state(state))
         LOG.info(f"==> resumed from {resume_path}: init epochs done {progress.init_epochs_done}, "
                  f"epochs done {progress.epochs_done}/{opt.epochs}")
 
+    # Every input is checked by now: only from here on is anything written.
+    if job.is_main:
+        for folder in (opt.save_folder, opt.tb_folder):
+            ensure_writable(folder)
+    tb = TensorBoard(opt.tb_folder if job.is_main else None)
     if init_objective is not None and progress.init_epochs_done < opt.init_epochs:
         LOG.info(f"==> init stage of {opt.distill}: {opt.init_epochs} epochs at lr "
                  f"{init_optimizer.param_groups[0]['lr']}")
+        init_step = parallel(init_objective, init_objective.modules, opt, unused_parameters=True)
         for epoch in range(progress.init_epochs_done + 1, opt.init_epochs + 1):
             t0 = time.perf_counter()
             job.train_loader.set_epoch(-epoch)  # init epochs get their own shuffles
-            result = train_epoch(epoch, job.train_loader, init_objective, init_optimizer, opt, device,
+            result = train_epoch(epoch, job.train_loader, init_step, init_optimizer, opt, device,
                                  stage="init")
+            average_buffers(init_objective.modules)
             tb.log("init_train_loss", result.loss, epoch)
             progress.init_epochs_done = epoch
             progress.wall_time += time.perf_counter() - t0
             LOG.info(f"Epoch: [{epoch}]\t init_train_loss {result.loss:.3f}\t time {result.seconds:.1f}s")
+            rng = gather_objects(rng_state())
             if job.is_main:
-                save_state(job, progress, optimizer, init_optimizer)
+                save_state(job, progress, optimizer, init_optimizer, rng)
 
     if job.kind == "student" and progress.teacher_acc is None:
         teacher_acc, _, _ = validate(job.test_loader, job.teacher, device, opt, job.reduce)
@@ -201,12 +251,14 @@ def run(job: Job) -> Progress:
     total_epochs = opt.epochs
     run_start_epoch = progress.epochs_done + 1
     run_start_time = time.perf_counter()
+    objective = parallel(job.objective, main_modules(job), opt)
     for epoch in range(run_start_epoch, total_epochs + 1):
         t0 = time.perf_counter()
         lr = adjust_learning_rate(epoch, opt, optimizer)
         LOG.info("==> training...")
         job.train_loader.set_epoch(epoch)
-        result = train_epoch(epoch, job.train_loader, job.objective, optimizer, opt, device)
+        result = train_epoch(epoch, job.train_loader, objective, optimizer, opt, device)
+        average_buffers(*main_modules(job))  # so that every rank validates (and rank 0 saves) one model
         train_time = time.perf_counter() - t0
         LOG.info(f"epoch {epoch}, total time {train_time:.2f}")
         tb.log("train_acc", result.top1, epoch)
@@ -225,9 +277,10 @@ def run(job: Job) -> Progress:
         improved = test_acc > progress.best_acc
         if improved:
             progress.best_acc, progress.best_epoch = test_acc, epoch
+        rng = gather_objects(rng_state())
         if job.is_main:
             save_epoch_checkpoints(job, optimizer, epoch, test_acc, improved)
-            save_state(job, progress, optimizer, init_optimizer)
+            save_state(job, progress, optimizer, init_optimizer, rng)
             write_results(job, progress, finished=False)
         done = epoch - run_start_epoch + 1
         elapsed = time.perf_counter() - run_start_time

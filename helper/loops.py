@@ -127,6 +127,10 @@ def train_epoch(epoch: int, loader: Iterable[Batch], objective: Objective, optim
     if losses.count and not math.isfinite(losses.avg):
         # A NaN between two prints: find the term now (one sync per epoch).
         raise NonFiniteLossError(_nonfinite_message(epoch, n_batches - 1, out, stage, approximate=True))
+    if n_batches and skipped == n_batches:
+        raise NonFiniteLossError(f"every batch of {stage} epoch {epoch} gave a non-finite loss (all skipped by "
+                                 f"--skip_nonfinite); the last good checkpoint is kept. Lower the learning rate "
+                                 f"or the weight of the failing term.")
     seconds = time.perf_counter() - start
     return EpochResult(top1.avg, top5.avg, losses.avg, {k: m.avg for k, m in terms.items()}, seconds,
                        losses.count, skipped)

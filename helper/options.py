@@ -53,6 +53,11 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile student and teacher")
     parser.add_argument("--skip_nonfinite", action="store_true",
                         help="skip batches whose loss is NaN/inf instead of stopping")
+    # Several processes (torchrun --nproc_per_node N ...).
+    parser.add_argument("--sync_bn", action="store_true",
+                        help="under torchrun: SyncBatchNorm in the trained networks (CUDA only)")
+    parser.add_argument("--dist_timeout", type=float, default=30,
+                        help="under torchrun: minutes a process waits for the others before giving up")
 
 
 def check_common(parser: argparse.ArgumentParser, opt: argparse.Namespace) -> None:
@@ -81,6 +86,10 @@ def check_common(parser: argparse.ArgumentParser, opt: argparse.Namespace) -> No
         parser.error(f"--device {opt.device}: CUDA is not available on this machine (use --device cpu)")
     if opt.seed is None:
         opt.seed = secrets.randbelow(2**31)
+    if not opt.dist_timeout > 0:
+        parser.error(f"--dist_timeout must be positive (minutes), got {opt.dist_timeout}")
+    if opt.sync_bn and device.type != "cuda":
+        parser.error("--sync_bn needs CUDA devices (SyncBatchNorm has no CPU implementation)")
 
 
 def override_small_lr(opt: argparse.Namespace, model: str) -> str | None:

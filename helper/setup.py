@@ -1,16 +1,22 @@
 """Setup shared by both scripts: device, seeds, data, models, output folders, and clean error exits."""
 from __future__ import annotations
 
+import contextlib
 import functools
+import inspect
 import os
+import shlex
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
+from helper.distributed import check_global_batch, cleanup as cleanup_distributed, init_distributed
 from helper.util import LOG, seed_everything, setup_logging
 
 
@@ -22,37 +28,99 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types whose message is the whole story: printed without a traceback."""
     from dataset import DatasetError
     from helper.checkpoint import CheckpointError
+    from helper.distributed import DistributedError
     from helper.loops import NonFiniteLossError
 
-    return (SetupError, CheckpointError, DatasetError, NonFiniteLossError, ValueError)
+    return (SetupError, CheckpointError, DatasetError, NonFiniteLossError, DistributedError, ValueError)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived: training stops where it is (the last epoch-end state is already saved)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Turn SIGINT/SIGTERM into ``Interrupted`` (a KeyboardInterrupt, so DataLoader workers ignore it)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = {signum: signal.signal(signum, _raise_interrupted) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def resume_command(script: str, argv: list[str]) -> str:
+    """The same command line with ``--resume auto`` in place of any ``--resume`` it had."""
+    world_size = env_int("WORLD_SIZE", 1)
+    launcher = ["python"] if world_size == 1 else ["torchrun", "--nproc_per_node",
+                                                   str(env_int("LOCAL_WORLD_SIZE", world_size))]
+    kept, skip = [], False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == "--resume":
+            skip = True
+        elif not word.startswith("--resume="):
+            kept.append(word)
+    return shlex.join([*launcher, script, *kept, "--resume", "auto"])
 
 
 def cli(main: Callable[[list[str] | None], object]) -> Callable[[list[str] | None], int]:
-    """Wrap a script's main: a user error prints one line (no traceback) and exits 1."""
+    """Wrap a script's main: a user error prints one line (no traceback) and exits 1; SIGINT/SIGTERM
+    stop training, print how to resume and exit 130/143."""
 
     @functools.wraps(main)
     def wrapped(argv: list[str] | None = None) -> int:
         try:
-            main(argv)
+            with stop_on_signals():
+                main(argv)
         except user_errors() as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
+        except Interrupted as e:
+            if env_int("RANK", 0) != 0:  # one message per job
+                return 128 + e.signum
+            script = sys.argv[0] if argv is None else Path(inspect.getfile(main)).name
+            args = sys.argv[1:] if argv is None else list(argv)
+            print(f"interrupted by {signal.Signals(e.signum).name}: training stopped; the state saved at the end "
+                  f"of the last finished epoch (state.pth in the run folder) is kept. Resume with:\n"
+                  f"  {resume_command(script, args)}", file=sys.stderr)
+            return 128 + e.signum
+        finally:
+            cleanup_distributed()
         return 0
 
     return wrapped
 
 
 def prepare_run(opt) -> torch.device:
-    """Logging, seeds and cuDNN settings; make sure the output folders are writable."""
+    """Process group (under torchrun), logging, seeds and cuDNN settings (output folders are made later,
+    once every input is checked)."""
+    init_distributed(opt)
     setup_logging(getattr(opt, "is_main", True))
+    if opt.resume:
+        from helper.engine import saved_seed  # engine imports this module
+
+        seed = saved_seed(opt)
+        if seed is not None and seed != opt.seed:
+            LOG.info(f"==> resuming a run seeded with {seed}: using that seed (not {opt.seed})")
+            opt.seed = seed
     device = torch.device(opt.device)
     seed_everything(opt.seed + getattr(opt, "rank", 0), opt.deterministic)
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = not opt.deterministic
-    if getattr(opt, "is_main", True):
-        for folder in (opt.save_folder, opt.tb_folder):
-            ensure_writable(folder)
     return device
 
 
@@ -77,10 +145,12 @@ def build_model(name: str, num_classes: int, device: torch.device) -> nn.Module:
 def build_data(opt, device: torch.device, *, instance: bool, crd_k: int | None = None):
     from dataset import build_loaders
 
-    return build_loaders(
+    loaders = build_loaders(
         opt.data_folder, opt.data_backend, opt.batch_size, opt.num_workers, device,
         instance=instance, crd_k=crd_k, crd_mode=getattr(opt, "mode", "exact"), seed=opt.seed,
         rank=getattr(opt, "rank", 0), world_size=getattr(opt, "world_size", 1))
+    check_global_batch(opt, loaders[2])
+    return loaders
 
 
 def to_channels_last(opt, *models: nn.Module) -> None:

@@ -12,11 +12,23 @@ import torch
 LOG = logging.getLogger("repdistiller")
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to the current ``sys.stdout`` (like print), not the one seen at setup: that one may be closed."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(enabled: bool = True) -> None:
     """Plain ``print``-like console output (message only) for the scripts; silent when not enabled."""
     root = logging.getLogger()
     if not any(getattr(h, "_repdistiller", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stdout)
+        handler = _StdoutHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler._repdistiller = True
         root.addHandler(handler)
