@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-DEFAULT_ROOTS = ("./save/student_model", "./save/models")
+RUN_FOLDERS = ("student_model", "models")  # under --save_root, as the training scripts write them
 REQUIRED_KEYS = ("kind", "model", "last_acc")
 
 TEACHER_ROW = "Teacher"
@@ -188,9 +188,10 @@ RENDERERS = {"markdown": render_markdown, "csv": render_csv}
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--save_root", default="./save",
+                        help=f"the training scripts' --save_root; its {' and '.join(RUN_FOLDERS)} folders are searched")
     parser.add_argument("--root", action="append", default=[], metavar="DIR",
-                        help=f"another folder to search for results.json (always searched: "
-                             f"{', '.join(DEFAULT_ROOTS)}); repeatable")
+                        help="another folder to search for results.json; repeatable")
     parser.add_argument("--include-unfinished", action="store_true",
                         help="also count runs that stopped before their last epoch")
     parser.add_argument("--format", choices=sorted(RENDERERS), default="markdown")
@@ -199,7 +200,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    roots = [*DEFAULT_ROOTS, *args.root]
+    roots = [str(Path(args.save_root) / folder) for folder in RUN_FOLDERS] + args.root
     table = build_table(load_results(roots), include_unfinished=args.include_unfinished)
     if not table.pairs:
         print(f"no {'' if args.include_unfinished else 'finished '}distillation runs found under "

@@ -7,6 +7,8 @@ import pytest
 
 from scripts import collect_results as collect
 
+DEFAULT_ROOTS = [f"./save/{folder}" for folder in collect.RUN_FOLDERS]
+
 PAIR = ("resnet32x4", "resnet8x4")
 TEACHER_PATH = "./save/models/resnet32x4_vanilla/ckpt_epoch_240.pth"
 
@@ -51,7 +53,7 @@ def runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_kd_cell_is_mean_and_sample_std_of_the_last_epoch_accuracy_over_trials(runs: Path):
-    table = collect.build_table(collect.load_results(collect.DEFAULT_ROOTS))
+    table = collect.build_table(collect.load_results(DEFAULT_ROOTS))
     cell = table.cell("KD", PAIR)
     assert cell.n == 3
     assert cell.mean == pytest.approx(74.1666667)
@@ -60,13 +62,13 @@ def test_kd_cell_is_mean_and_sample_std_of_the_last_epoch_accuracy_over_trials(r
 
 
 def test_crd_with_a_kd_term_is_its_own_row(runs: Path):
-    table = collect.build_table(collect.load_results(collect.DEFAULT_ROOTS))
+    table = collect.build_table(collect.load_results(DEFAULT_ROOTS))
     assert table.cell("CRD", PAIR) == collect.Cell(75.1, 0.0, 1)
     assert table.cell("CRD+KD", PAIR) == collect.Cell(75.9, 0.0, 1)
 
 
 def test_teacher_row_counts_each_teacher_checkpoint_once_and_student_row_uses_vanilla_runs(runs: Path):
-    table = collect.build_table(collect.load_results(collect.DEFAULT_ROOTS))
+    table = collect.build_table(collect.load_results(DEFAULT_ROOTS))
     assert table.cell("Teacher", PAIR) == collect.Cell(79.42, 0.0, 1)
     assert table.cell("Student (vanilla)", PAIR) == collect.Cell(72.5, 0.0, 1)
 
@@ -80,7 +82,7 @@ def test_teacher_row_falls_back_to_vanilla_runs_of_the_teacher_architecture(tmp_
 
 def test_unfinished_runs_are_skipped_unless_included(runs: Path):
     write_run(runs / "save" / "student_model", "not_started", distill="hint", last_acc=None, finished=False)
-    results = collect.load_results(collect.DEFAULT_ROOTS)
+    results = collect.load_results(DEFAULT_ROOTS)
     assert collect.build_table(results).cell("FitNet", PAIR) is None
     assert collect.build_table(results, include_unfinished=True).cell("FitNet", PAIR) == collect.Cell(10.0, 0.0, 1)
 
@@ -107,7 +109,7 @@ def test_extra_roots_add_columns_in_the_paper_order(runs: Path, tmp_path: Path, 
 
 
 def test_the_same_folder_reached_through_two_roots_counts_once(runs: Path):
-    results = collect.load_results([*collect.DEFAULT_ROOTS, "./save"])
+    results = collect.load_results([*DEFAULT_ROOTS, "./save"])
     assert collect.build_table(results).cell("KD", PAIR).n == 3
 
 
@@ -123,7 +125,7 @@ def test_broken_results_file_is_reported_and_skipped(runs: Path, capsys):
     broken = runs / "save" / "student_model" / "broken"
     broken.mkdir()
     (broken / "results.json").write_text('{"kind": "stud')
-    results = collect.load_results(collect.DEFAULT_ROOTS)
+    results = collect.load_results(DEFAULT_ROOTS)
     assert all(r["path"] != str(broken) for r in results)
     assert "broken" in capsys.readouterr().err
 
