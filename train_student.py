@@ -9,7 +9,8 @@ from helper.engine import Job, run
 from helper.objectives import DistillObjective
 from helper.options import (add_common_args, check_common, get_teacher_name, make_run_folders, model_names,
                             override_small_lr)
-from helper.setup import SetupError, build_data, build_model, cli, prepare_run
+from helper.setup import (SetupError, build_data, build_model, cli, maybe_compile, prepare_run,
+                          to_channels_last)
 from helper.util import LOG
 
 
@@ -104,8 +105,9 @@ def main(argv: list[str] | None = None) -> None:
         distiller = build_distiller(opt, model_s, model_t).to(device)
     except (ValueError, NotImplementedError) as e:
         raise SetupError(f"--distill {opt.distill} with {opt.model_t} -> {opt.model_s}: {e}") from None
-    job = Job(opt=opt, kind="student", device=device, model=model_s,
-              objective=DistillObjective(model_s, model_t, distiller, opt), train_loader=train_loader,
+    to_channels_last(opt, model_s, model_t)  # not the distiller: its modules see loss_inputs (NCHW) features
+    objective = DistillObjective(maybe_compile(opt, model_s), maybe_compile(opt, model_t), distiller, opt)
+    job = Job(opt=opt, kind="student", device=device, model=model_s, objective=objective, train_loader=train_loader,
               test_loader=test_loader, teacher=model_t, distiller=distiller, model_name=opt.model_s,
               is_main=opt.is_main, reduce=sum_across_ranks)
     run(job)

@@ -8,7 +8,7 @@ from helper.distributed import sum_across_ranks
 from helper.engine import Job, run
 from helper.objectives import TeacherObjective
 from helper.options import add_common_args, check_common, make_run_folders, model_names, override_small_lr
-from helper.setup import build_data, build_model, cli, prepare_run
+from helper.setup import build_data, build_model, cli, maybe_compile, prepare_run, to_channels_last
 from helper.util import LOG
 
 
@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> None:
         LOG.info(opt.lr_override)
     train_loader, test_loader = build_data(opt, device, instance=False)[:2]
     model = build_model(opt.model, 100, device)
-    job = Job(opt=opt, kind="teacher", device=device, model=model, objective=TeacherObjective(model),
+    to_channels_last(opt, model)
+    job = Job(opt=opt, kind="teacher", device=device, model=model,
+              objective=TeacherObjective(maybe_compile(opt, model)),
               train_loader=train_loader, test_loader=test_loader, model_name=opt.model,
               is_main=opt.is_main, reduce=sum_across_ranks)
     run(job)

@@ -12,7 +12,7 @@ from helper.checkpoint import (CheckpointError, load_checkpoint, save_atomic, st
                                write_json_atomic)
 from helper.distributed import (average_buffers, broadcast_state, gather_objects, parallel,
                                 rank_rng_state)
-from helper.loops import train_epoch, validate
+from helper.loops import grad_scaler, train_epoch, validate
 from helper.objectives import InitObjective
 from helper.options import options_dict
 from helper.setup import ensure_writable
@@ -60,7 +60,22 @@ class TensorBoard:
 
 
 def make_optimizer(params, lr: float, opt) -> torch.optim.SGD:
-    return torch.optim.SGD(params, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+    params = list(params)
+    return torch.optim.SGD(params, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay,
+                           **sgd_kernels(params))
+
+
+def sgd_kernels(params: list[torch.Tensor]) -> dict[str, bool]:
+    """Multi-tensor SGD: fused on CUDA (one kernel, and GradScaler needs no host sync), foreach elsewhere
+    (the same numbers as the per-parameter loop)."""
+    on_cuda = bool(params) and all(p.is_cuda for p in params)
+    return {"fused": True, "foreach": False} if on_cuda else {"fused": False, "foreach": True}
+
+
+def use_fast_sgd(optimizer: torch.optim.SGD) -> None:
+    """Re-apply sgd_kernels after load_state_dict, which restores the flags of the run that saved it."""
+    for group in optimizer.param_groups:
+        group.update(sgd_kernels(group["params"]))
 
 
 def main_modules(job: Job) -> list[nn.Module]:
@@ -201,6 +216,7 @@ def run(job: Job) -> Progress:
     progress = Progress()
     broadcast_state(job.model, job.distiller)  # several processes: each built them from its own seed
     optimizer = make_optimizer(main_parameters(job), opt.learning_rate, opt)
+    scaler = grad_scaler(device, getattr(opt, "amp", False))  # float16 autocast only (GPUs without bf16)
     init_objective = None
     init_optimizer = None
     if job.distiller is not None and job.distiller.has_init_stage and opt.init_epochs > 0:
@@ -214,8 +230,10 @@ def run(job: Job) -> Progress:
         progress.load_state_dict(state["progress"])
         if state.get("optimizer") is not None:
             optimizer.load_state_dict(state["optimizer"])
+            use_fast_sgd(optimizer)
         if init_optimizer is not None and state.get("init_optimizer") is not None:
             init_optimizer.load_state_dict(state["init_optimizer"])
+            use_fast_sgd(init_optimizer)
         set_rng_state(rank_rng_state(state))
         LOG.info(f"==> resumed from {resume_path}: init epochs done {progress.init_epochs_done}, "
                  f"epochs done {progress.epochs_done}/{opt.epochs}")
@@ -233,7 +251,7 @@ def run(job: Job) -> Progress:
             t0 = time.perf_counter()
             job.train_loader.set_epoch(-epoch)  # init epochs get their own shuffles
             result = train_epoch(epoch, job.train_loader, init_step, init_optimizer, opt, device,
-                                 stage="init")
+                                 stage="init", scaler=scaler)
             average_buffers(init_objective.modules)
             tb.log("init_train_loss", result.loss, epoch)
             progress.init_epochs_done = epoch
@@ -257,7 +275,7 @@ def run(job: Job) -> Progress:
         lr = adjust_learning_rate(epoch, opt, optimizer)
         LOG.info("==> training...")
         job.train_loader.set_epoch(epoch)
-        result = train_epoch(epoch, job.train_loader, objective, optimizer, opt, device)
+        result = train_epoch(epoch, job.train_loader, objective, optimizer, opt, device, scaler=scaler)
         average_buffers(*main_modules(job))  # so that every rank validates (and rank 0 saves) one model
         train_time = time.perf_counter() - t0
         LOG.info(f"epoch {epoch}, total time {train_time:.2f}")

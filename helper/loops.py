@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -58,6 +59,26 @@ def amp_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16
 
 
+def grad_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler | None:
+    """A loss scaler where autocast runs in float16 (its gradients underflow); None for bf16 and float32."""
+    if amp and amp_dtype(device) == torch.float16:
+        return torch.amp.GradScaler(device.type)
+    return None
+
+
+def to_device(batch: Batch, device: torch.device, opt) -> Batch:
+    """``batch`` on ``device``, its images in channels_last memory format under --channels_last."""
+    batch = batch.to(device)
+    if getattr(opt, "channels_last", False):
+        batch = dataclasses.replace(batch, images=batch.images.contiguous(memory_format=torch.channels_last))
+    return batch
+
+
+def uses_cuda_graphs(opt) -> bool:
+    """--compile modes that record CUDA graphs (ignored by torch on a CPU)."""
+    return getattr(opt, "compile", None) in ("reduce-overhead", "max-autotune")
+
+
 def _first_nonfinite(out: StepOutput) -> str | None:
     for name, value in out.terms.items():
         if not torch.isfinite(value.detach()).all():
@@ -77,11 +98,14 @@ def train_epoch(epoch: int, loader: Iterable[Batch], objective: Objective, optim
     n_batches = len(loader)
     skipped = 0
     check_every_step = getattr(opt, "skip_nonfinite", False)
+    mark_cuda_graph_step = uses_cuda_graphs(opt)
     start = end = time.perf_counter()
     for idx, batch in enumerate(loader):
-        batch = batch.to(device)
+        batch = to_device(batch, device, opt)
         data_time.update(time.perf_counter() - end)
         n = len(batch)
+        if mark_cuda_graph_step:  # a new iteration: the graphs may reuse the memory of the last step's outputs
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast_context(device, getattr(opt, "amp", False)):
             out = objective(batch)
         if check_every_step:
@@ -152,15 +176,15 @@ def validate(loader: Iterable[Batch], model: nn.Module, device: torch.device, op
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct1, correct5, loss_sum, count
     for batch in loader:
-        batch = batch.to(device)
+        batch = to_device(batch, device, opt)
         with autocast_context(device, getattr(opt, "amp", False)):
             output = model(batch.images)
         output = output.float()
         n = len(batch)
         acc1, acc5 = accuracy(output, batch.labels, topk=(1, 5))
         loss = F.cross_entropy(output, batch.labels)
-        totals += torch.stack([acc1 * n / 100, acc5 * n / 100, loss * n,
-                               torch.tensor(float(n), device=device)]).to(totals.dtype)
+        # The count joins as a tensor op: torch.tensor(n, device=cuda) would be a blocking copy.
+        totals += torch.stack([acc1 * n / 100, acc5 * n / 100, loss * n, loss.new_full((), n)]).to(totals.dtype)
     if reduce is not None:
         totals = reduce(totals)
     c1, c5, loss_sum, count = totals.tolist()

@@ -9,6 +9,12 @@ from dataset.batch import Batch
 from helper.loops import StepOutput
 
 
+def loss_inputs(feats: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Features as the losses expect them: float32 (bf16 is too coarse for them) in the default memory
+    format (they use view(); under --channels_last the networks return NHWC maps). No copy when already so."""
+    return [f.to(torch.float32, memory_format=torch.contiguous_format) for f in feats]
+
+
 class TeacherObjective:
     """Plain cross-entropy training (train_teacher.py, and the vanilla student baselines)."""
 
@@ -57,7 +63,7 @@ class DistillObjective:
         ce = F.cross_entropy(logit_s, batch.labels)
         kl = self.kl(logit_s, logit_t)
         with torch.autocast(x.device.type, enabled=False):
-            term = self.distiller([f.float() for f in feat_s], [f.float() for f in feat_t], logit_s, logit_t, batch)
+            term = self.distiller(loss_inputs(feat_s), loss_inputs(feat_t), logit_s, logit_t, batch)
         loss = self.gamma * ce + self.alpha * kl + self.beta * term
         terms = {"ce": ce.detach(), "kl": kl.detach(), self.distiller.name: term.detach().sum()}
         return StepOutput(loss, logit_s, terms)
@@ -80,5 +86,6 @@ class InitObjective:
         feat_s, _ = self.model_s(batch.images, is_feat=True, preact=preact)
         with torch.no_grad():
             feat_t, _ = self.model_t(batch.images, is_feat=True, preact=preact)
-        loss = self.distiller.init_loss(feat_s, feat_t)
+        with torch.autocast(batch.images.device.type, enabled=False):
+            loss = self.distiller.init_loss(loss_inputs(feat_s), loss_inputs(feat_t))
         return StepOutput(loss, None, {"init": loss.detach().sum()})

@@ -12,6 +12,8 @@ from helper.util import parse_decay_epochs
 
 # Students/teachers the original forces to lr 0.01 (and the log says so).
 SMALL_LR_MODELS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
+# torch.compile modes accepted by --compile (a bare --compile means "default").
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def model_names() -> list[str]:
@@ -50,7 +52,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     # Speed.
     parser.add_argument("--amp", action="store_true", help="mixed precision (bf16 if supported, else fp16)")
     parser.add_argument("--channels_last", action="store_true", help="channels_last memory format")
-    parser.add_argument("--compile", action="store_true", help="torch.compile student and teacher")
+    parser.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES,
+                        help="torch.compile student and teacher (eager fallback, with a warning, where it "
+                             "fails); a value picks the mode: reduce-overhead adds CUDA graphs (CUDA only)")
     parser.add_argument("--skip_nonfinite", action="store_true",
                         help="skip batches whose loss is NaN/inf instead of stopping")
     # Several processes (torchrun --nproc_per_node N ...).

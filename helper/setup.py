@@ -154,20 +154,89 @@ def build_data(opt, device: torch.device, *, instance: bool, crd_k: int | None =
 
 
 def to_channels_last(opt, *models: nn.Module) -> None:
+    """Under --channels_last, store every 4-D parameter and buffer of ``models`` as channels_last (NHWC)."""
     if opt.channels_last:
         for model in models:
             model.to(memory_format=torch.channels_last)
 
 
-def maybe_compile(opt, model: nn.Module) -> nn.Module:
-    """torch.compile with a warning and the eager model as fallback where it is unavailable."""
+def _tensors(out) -> list[torch.Tensor]:
+    """The tensors of a model output: logits, or ``(features, logits)``."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (list, tuple)):
+        return [t for part in out for t in _tensors(part)]
+    return []
+
+
+class CompiledModule:
+    """Runs ``module`` through torch.compile; if compiling fails (when wrapping, at a call, or in the first
+    backward) it warns once and runs ``module`` eagerly from then on.
+
+    Only a runner for the objectives: train()/eval() reach ``module``, and checkpoints save ``module``
+    itself, so state_dict keys keep their names (no ``_orig_mod.`` prefix).
+    """
+
+    def __init__(self, module: nn.Module, mode: str = "default", backend: str | Callable = "inductor"):
+        self.module = module
+        self.compiled: Callable | None = None
+        self.verified = False  # one call (with its backward, under grad) went through the compiled code
+        try:
+            self.compiled = torch.compile(module, mode=mode, backend=backend)
+        except Exception as e:  # compile support varies by platform/version
+            self._fall_back(e)
+
+    def train(self, mode: bool = True) -> "CompiledModule":
+        self.module.train(mode)
+        return self
+
+    def eval(self) -> "CompiledModule":
+        return self.train(False)
+
+    def __call__(self, *args, **kwargs):
+        if self.compiled is None:
+            return self.module(*args, **kwargs)
+        if self.verified:
+            try:
+                return self.compiled(*args, **kwargs)
+            except torch._dynamo.exc.TorchDynamoException as e:  # a recompilation (new shape/mode) failed
+                self._fall_back(e)
+                return self.module(*args, **kwargs)
+        buffers = [b.detach().clone() for b in self.module.buffers()]
+        try:
+            out = self.compiled(*args, **kwargs)
+            if torch.is_grad_enabled():
+                self._compile_backward(out)
+        except Exception as e:  # first call: any failure means the compiled path cannot be trusted
+            with torch.no_grad():  # undo the BatchNorm statistics update of a half-finished compiled call
+                for buffer, saved in zip(self.module.buffers(), buffers):
+                    buffer.copy_(saved)
+            self._fall_back(e)
+            return self.module(*args, **kwargs)
+        self.verified = True
+        return out
+
+    def _compile_backward(self, out) -> None:
+        """The backward graph is compiled lazily, at the first backward: run it now (zero gradients,
+        nothing accumulated, the graph kept for the real backward) so that a failure is caught here."""
+        outputs = [t for t in _tensors(out) if t.requires_grad]
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        if outputs and params:
+            torch.autograd.grad(outputs, params, grad_outputs=[torch.zeros_like(t) for t in outputs],
+                                retain_graph=True, allow_unused=True)
+
+    def _fall_back(self, error: Exception) -> None:
+        self.compiled = None
+        first_line = (str(error).strip().splitlines() or [""])[0][:300]
+        LOG.warning(f"--compile: torch.compile failed for {type(self.module).__name__} "
+                    f"({type(error).__name__}: {first_line}); running it eagerly")
+
+
+def maybe_compile(opt, model: nn.Module) -> nn.Module | CompiledModule:
+    """``model`` itself, or under --compile [MODE] a CompiledModule running it (eager fallback on failure)."""
     if not opt.compile:
         return model
-    try:
-        return torch.compile(model)
-    except Exception as e:  # compile support varies by platform/version
-        LOG.warning(f"--compile: torch.compile failed ({type(e).__name__}: {e}); running eagerly")
-        return model
+    return CompiledModule(model, mode=opt.compile)
 
 
 def env_int(name: str, default: int) -> int:

@@ -25,7 +25,7 @@ def workdir(tmp_path_factory):
 
 def common(root: Path, *extra: str) -> list[str]:
     return ["--data_folder", str(root / "data"), "--save_root", str(root / "save"), "--batch_size", "64",
-            "--num_workers", "0", "--print_freq", "1", "--save_freq", "1", "--device", "cpu", *extra]
+            "--num_workers", "0", "--print_freq", "1", "--save_freq", "1", "--device", "cpu", "--seed", "0", *extra]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,375 @@
+"""Faults survived: kills, signals, failed or damaged checkpoint writes, full disks and non-finite losses."""
+import errno
+import io
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+import train_student
+import train_teacher
+from dataset.synthetic import write_synthetic_cifar100
+from distiller_zoo.base import DISTILLERS
+from helper import checkpoint
+from helper.checkpoint import CheckpointError, save_atomic
+from helper.setup import resume_command
+from models import model_dict
+
+REPO = Path(__file__).resolve().parents[1]
+TEACHER = "resnet8x4"
+STUDENT = "resnet8"
+# One thread everywhere: in-process and subprocess runs then compute bit-identically, and runs stay fast
+# while other test processes share the cores (busy-waiting thread pools slow down badly when oversubscribed).
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """Tiny synthetic CIFAR-100 (200 train images) and a random teacher in the original checkpoint format."""
+    root = tmp_path_factory.mktemp("faults")
+    write_synthetic_cifar100(root / "data", train_per_class=2, test_per_class=1, seed=0)
+    path = root / "teachers" / "models" / f"{TEACHER}_vanilla" / "ckpt_epoch_240.pth"
+    path.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save({"epoch": 240, "model": model_dict[TEACHER](num_classes=100).state_dict(), "accuracy": 1.0}, path)
+    return root
+
+
+def student_argv(root: Path, save_root: Path, distill: str, *extra: str) -> list[str]:
+    weights = ["-a", "0.9", "-b", "0"] if distill == "kd" else ["-a", "0", "-b", "1"]
+    path_t = root / "teachers" / "models" / f"{TEACHER}_vanilla" / "ckpt_epoch_240.pth"
+    return ["--path_t", str(path_t), "--model_s", STUDENT, "--distill", distill, *weights, "--nce_k", "16",
+            "--data_folder", str(root / "data"), "--save_root", str(save_root), "--num_workers", "0",
+            "--print_freq", "1", "--device", "cpu", "--deterministic", "--seed", "5", "--lr_decay_epochs", "2",
+            *extra]
+
+
+def teacher_argv(root: Path, save_root: Path, *extra: str) -> list[str]:
+    return ["--model", STUDENT, "--data_folder", str(root / "data"), "--save_root", str(save_root),
+            "--num_workers", "0", "--print_freq", "1", "--device", "cpu", "--seed", "5", *extra]
+
+
+def run_folder(module, argv: list[str]) -> Path:
+    return Path(module.parse_option(argv).save_folder)
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    for part in ("model", "distiller"):
+        assert (a[part] is None) == (b[part] is None)
+        for key in a[part] or {}:
+            assert torch.equal(a[part][key], b[part][key]), (part, key)
+
+
+class Script:
+    """A training script running in a subprocess; stdout is read line by line as it is printed."""
+
+    def __init__(self, name: str, argv: list[str], stderr_file: Path):
+        self.stderr_file = stderr_file
+        with stderr_file.open("w") as err:
+            self.proc = subprocess.Popen([sys.executable, name, *argv], cwd=REPO, stdout=subprocess.PIPE,
+                                         stderr=err, text=True, env=ENV)
+        self.watchdog = threading.Timer(120, self.proc.kill)  # a hung script must not hang the suite
+        self.watchdog.daemon = True
+        self.watchdog.start()
+
+    def wait_for(self, prefix: str) -> None:
+        for line in self.proc.stdout:
+            if line.startswith(prefix):
+                return
+        code = self.finish()
+        pytest.fail(f"the script ended (code {code}) before printing {prefix!r}:\n{self.stderr()}")
+
+    def finish(self) -> int:
+        self.proc.stdout.read()
+        self.proc.stdout.close()
+        code = self.proc.wait()
+        self.watchdog.cancel()
+        return code
+
+    def stderr(self) -> str:
+        return self.stderr_file.read_text()
+
+
+def resume_line(err: str) -> list[str]:
+    """The command printed after 'Resume with:', split into words."""
+    lines = err.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.endswith("Resume with:"))
+    return shlex.split(lines[at + 1])
+
+
+def test_sigkill_mid_epoch_then_resume_auto_ends_with_the_uninterrupted_weights(workdir, tmp_path):
+    reference = student_argv(workdir, tmp_path / "reference", "crd", "--epochs", "2", "--batch_size", "16")
+    assert train_student.main(reference) == 0
+    argv = student_argv(workdir, tmp_path / "killed", "crd", "--epochs", "2", "--batch_size", "16")
+    script = Script("train_student.py", argv, tmp_path / "stderr.txt")
+    script.wait_for("Epoch: [2][1/")
+    script.proc.send_signal(signal.SIGKILL)
+    assert script.finish() == -signal.SIGKILL
+    folder = run_folder(train_student, argv)
+    assert load(folder / "state.pth")["progress"]["epochs_done"] == 1  # the kill landed inside epoch 2
+    assert train_student.main(argv + ["--resume", "auto"]) == 0
+    assert_same_weights(load(folder / "state.pth"), load(run_folder(train_student, reference) / "state.pth"))
+    assert json.loads((folder / "results.json").read_text())["finished"]
+
+
+def test_sigkill_in_the_init_stage_then_resume_auto_ends_with_the_uninterrupted_weights(workdir, tmp_path):
+    extra = ("--epochs", "1", "--init_epochs", "2", "--batch_size", "16")
+    reference = student_argv(workdir, tmp_path / "reference", "abound", *extra)
+    assert train_student.main(reference) == 0
+    argv = student_argv(workdir, tmp_path / "killed", "abound", *extra)
+    script = Script("train_student.py", argv, tmp_path / "stderr.txt")
+    script.wait_for("Init [2][1/")
+    script.proc.send_signal(signal.SIGKILL)
+    assert script.finish() == -signal.SIGKILL
+    folder = run_folder(train_student, argv)
+    progress = load(folder / "state.pth")["progress"]
+    assert (progress["init_epochs_done"], progress["epochs_done"]) == (1, 0)
+    assert train_student.main(argv + ["--resume", "auto"]) == 0
+    assert_same_weights(load(folder / "state.pth"), load(run_folder(train_student, reference) / "state.pth"))
+
+
+def test_sigint_saves_nothing_half_done_and_prints_a_resume_command_that_finishes_the_run(workdir, tmp_path):
+    # The torchvision backend draws shuffles and augmentations from the global RNG saved in state.pth.
+    extra = ("--epochs", "2", "--batch_size", "16", "--data_backend", "torchvision")
+    reference = student_argv(workdir, tmp_path / "reference", "kd", *extra)
+    assert train_student.main(reference) == 0
+    argv = student_argv(workdir, tmp_path / "stopped", "kd", *extra)
+    script = Script("train_student.py", argv, tmp_path / "stderr.txt")
+    script.wait_for("Epoch: [2][1/")
+    script.proc.send_signal(signal.SIGINT)
+    code, err = script.finish(), script.stderr()
+    assert code == 130 and "Traceback" not in err and "interrupted by SIGINT" in err, err
+    command = resume_line(err)
+    assert command == ["python", "train_student.py", *argv, "--resume", "auto"]
+    folder = run_folder(train_student, argv)
+    assert load(folder / "state.pth")["progress"]["epochs_done"] == 1
+    assert not list(folder.glob("*.tmp")) and not list(folder.glob(".*.tmp"))
+    resumed = subprocess.run([sys.executable, *command[1:]], cwd=REPO, capture_output=True, text=True,
+                             timeout=120, env=ENV)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_weights(load(folder / "state.pth"), load(run_folder(train_student, reference) / "state.pth"))
+
+
+def test_sigterm_stops_the_teacher_script_with_code_143_and_the_run_resumes(workdir, tmp_path):
+    argv = teacher_argv(workdir, tmp_path / "save", "--epochs", "3", "--batch_size", "16")
+    script = Script("train_teacher.py", argv, tmp_path / "stderr.txt")
+    script.wait_for("Epoch: [2][0/")
+    script.proc.send_signal(signal.SIGTERM)
+    code, err = script.finish(), script.stderr()
+    assert code == 143 and "Traceback" not in err and "interrupted by SIGTERM" in err, err
+    assert resume_line(err) == ["python", "train_teacher.py", *argv, "--resume", "auto"]
+    folder = run_folder(train_teacher, argv)
+    assert load(folder / "state.pth")["progress"]["epochs_done"] == 1
+    assert train_teacher.main(argv + ["--resume", "auto"]) == 0
+    results = json.loads((folder / "results.json").read_text())
+    assert results["finished"] and results["epochs_done"] == 3
+
+
+def test_resume_without_a_seed_flag_goes_on_with_the_seed_of_the_saved_run(workdir, tmp_path):
+    def argv(save_root: Path, epochs: int, *extra: str) -> list[str]:
+        words = student_argv(workdir, save_root, "kd", "--batch_size", "64", "--epochs", str(epochs), *extra)
+        del words[words.index("--seed"):words.index("--seed") + 2]
+        return words
+
+    assert train_student.main(argv(tmp_path / "stopped", 1)) == 0  # a seed is drawn and recorded
+    folder = run_folder(train_student, argv(tmp_path / "stopped", 1))
+    seed = load(folder / "state.pth")["opt"]["seed"]
+    assert train_student.main(argv(tmp_path / "stopped", 2, "--resume", "auto")) == 0
+    assert train_student.main(argv(tmp_path / "reference", 2, "--seed", str(seed))) == 0
+    reference = run_folder(train_student, argv(tmp_path / "reference", 2))
+    assert_same_weights(load(folder / "state.pth"), load(reference / "state.pth"))
+
+
+def test_resume_command_replaces_an_earlier_resume_flag(monkeypatch):
+    for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert resume_command("train_student.py", ["--resume", "old.pth", "--trial", "my run"]) == \
+        "python train_student.py --trial 'my run' --resume auto"
+    assert resume_command("train_teacher.py", ["--resume=auto", "-t", "1"]) == \
+        "python train_teacher.py -t 1 --resume auto"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert resume_command("train_teacher.py", ["-t", "1"]) == \
+        "torchrun --nproc_per_node 2 train_teacher.py -t 1 --resume auto"
+
+
+def test_torch_save_failing_midway_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pth"
+    save_atomic({"x": torch.ones(3)}, path)
+    real_save = torch.save
+
+    def crash_halfway(obj, f):
+        buffer = io.BytesIO()
+        real_save(obj, buffer)
+        f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        raise RuntimeError("killed while writing")
+
+    monkeypatch.setattr(torch, "save", crash_halfway)
+    with pytest.raises(RuntimeError, match="killed while writing"):
+        save_atomic({"x": torch.zeros(1000)}, path)
+    assert torch.equal(load(path)["x"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]
+
+
+def test_disk_full_while_saving_is_a_clear_error_and_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "state.pth"
+    save_atomic({"x": torch.ones(3)}, path)
+    real_fdopen = os.fdopen
+
+    class FullDisk(io.FileIO):
+        """A file on a disk with room for 1000 more bytes."""
+
+        def write(self, data):
+            if self.tell() + len(data) > 1000:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return super().write(data)
+
+    monkeypatch.setattr(checkpoint.os, "fdopen", lambda fd, mode: FullDisk(fd, "w") if "w" in mode
+                        else real_fdopen(fd, mode))
+    # torch.save itself reports a failed write as a bare RuntimeError; the error names the real cause.
+    with pytest.raises(CheckpointError, match=f"cannot write {path}: No space left on device;.*intact"):
+        save_atomic({"x": torch.zeros(10_000)}, path)
+    assert torch.equal(load(path)["x"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pth"]
+
+
+def test_replaced_file_is_kept_as_the_previous_one(tmp_path):
+    path, previous = tmp_path / "state.pth", tmp_path / "state.prev.pth"
+    save_atomic({"epoch": 1}, path, previous=previous)
+    assert not previous.exists()
+    save_atomic({"epoch": 2}, path, previous=previous)
+    save_atomic({"epoch": 3}, path, previous=previous)
+    assert load(path)["epoch"] == 3 and load(previous)["epoch"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.prev.pth", "state.pth"]
+
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def no_permission(*args, **kwargs):
+    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+
+@pytest.mark.parametrize("fault", ["disk full", "read-only folder"])
+def test_failed_save_during_training_exits_with_one_line_and_keeps_the_last_state(workdir, tmp_path, monkeypatch,
+                                                                                  capsys, fault):
+    argv = student_argv(workdir, tmp_path / "save", "kd", "--batch_size", "64")
+    assert train_student.main(argv + ["--epochs", "1"]) == 0
+    folder = run_folder(train_student, argv)
+    before = load(folder / "state.pth")
+    capsys.readouterr()
+    if fault == "disk full":
+        monkeypatch.setattr(torch, "save", no_space)
+        needle = "No space left on device"
+    elif os.geteuid() == 0:  # root writes into read-only folders: simulate what the kernel would say
+        monkeypatch.setattr(tempfile, "mkstemp", no_permission)
+        needle = "Permission denied"
+    else:
+        folder.chmod(0o500)
+        needle = "not writable"
+    try:
+        code = train_student.main(argv + ["--epochs", "2", "--resume", "auto"])
+    finally:
+        folder.chmod(0o700)
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and err.count("\n") == 1 and needle in err
+    monkeypatch.undo()
+    after = load(folder / "state.pth")
+    assert after["progress"]["epochs_done"] == 1
+    assert_same_weights(after, before)
+    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_truncated_state_is_reported_and_the_previous_state_used(workdir, tmp_path, capsys):
+    argv = student_argv(workdir, tmp_path / "save", "kd", "--batch_size", "64", "--epochs", "2")
+    assert train_student.main(argv) == 0
+    folder = run_folder(train_student, argv)
+    finished = load(folder / "state.pth")
+    state = folder / "state.pth"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    capsys.readouterr()
+    assert train_student.main(argv + ["--resume", "auto"]) == 0
+    out = capsys.readouterr().out
+    assert f"WARNING: cannot resume: {state} is not a readable PyTorch checkpoint" in out
+    assert f"resuming from the previous state {folder / 'state.prev.pth'}" in out
+    redone = load(state)
+    assert redone["progress"]["epochs_done"] == 2
+    assert_same_weights(redone, finished)  # epoch 2 was redone from the epoch-1 state, exactly
+
+
+def test_truncated_state_without_a_previous_one_is_a_clear_error(workdir, tmp_path, capsys):
+    argv = student_argv(workdir, tmp_path / "save", "kd", "--batch_size", "64", "--epochs", "1")
+    assert train_student.main(argv) == 0
+    state = run_folder(train_student, argv) / "state.pth"
+    state.write_bytes(state.read_bytes()[:100])
+    capsys.readouterr()
+    assert train_student.main(argv + ["--resume", "auto"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(state) in err and "truncated or corrupt" in err
+
+
+def poison_call(monkeypatch, distill: str, call: int) -> None:
+    """Make the ``call``-th loss term of ``distill`` NaN (4 batches per epoch: call 6 = epoch 2, iteration 1)."""
+    cls = DISTILLERS[distill]
+    forward, calls = cls.forward, []
+
+    def poisoned(self, *args):
+        term = forward(self, *args)
+        calls.append(1)
+        return torch.full_like(term, float("nan")) if len(calls) == call else term
+
+    monkeypatch.setattr(cls, "forward", poisoned)
+
+
+def test_nonfinite_loss_stops_naming_epoch_iteration_and_term_and_keeps_the_last_good_state(
+        workdir, tmp_path, monkeypatch, capsys):
+    poison_call(monkeypatch, "pkt", call=6)
+    argv = student_argv(workdir, tmp_path / "save", "pkt", "--batch_size", "64", "--epochs", "3")
+    assert train_student.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "non-finite in train epoch 2 at iteration 1 (term: pkt)" in err and "--skip_nonfinite" in err
+    folder = run_folder(train_student, argv)
+    state = load(folder / "state.pth")
+    assert state["progress"]["epochs_done"] == 1
+    assert all(torch.isfinite(value).all() for value in state["model"].values() if value.is_floating_point())
+    assert not json.loads((folder / "results.json").read_text())["finished"]
+
+
+def test_skip_nonfinite_skips_the_bad_batch_and_finishes(workdir, tmp_path, monkeypatch, capsys):
+    poison_call(monkeypatch, "pkt", call=6)
+    argv = student_argv(workdir, tmp_path / "save", "pkt", "--batch_size", "64", "--epochs", "2", "--skip_nonfinite")
+    assert train_student.main(argv) == 0
+    assert "epoch 2 iter 1: non-finite loss (pkt); batch skipped (--skip_nonfinite)" in capsys.readouterr().out
+    state = load(run_folder(train_student, argv) / "state.pth")
+    assert state["progress"]["epochs_done"] == 2
+    assert all(torch.isfinite(value).all() for value in state["model"].values() if value.is_floating_point())
+
+
+def test_exploding_learning_rate_stops_the_teacher_script_with_the_failing_term(workdir, tmp_path, capsys):
+    argv = teacher_argv(workdir, tmp_path / "save", "--epochs", "1", "--batch_size", "64", "--learning_rate", "1e30")
+    assert train_teacher.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "non-finite in train epoch 1" in err and "(term: ce)" in err
+    assert not (run_folder(train_teacher, argv) / "state.pth").exists()
