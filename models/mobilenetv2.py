@@ -3,12 +3,11 @@ Bottlenecks", CVPR 2018), with plain ReLU activations as in RepDistiller.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
 
-from .registry import register_model
+from .registry import normal_init_, register_model
 
 Tensor = torch.Tensor
 
@@ -99,18 +98,7 @@ class MobileNetV2(nn.Module):
         self._initialize_weights()
 
     def _initialize_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                m.weight.data.normal_(0, math.sqrt(2.0 / fan_out))
-                if m.bias is not None:
-                    m.bias.data.zero_()
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.data.fill_(1)
-                m.bias.data.zero_()
-            elif isinstance(m, nn.Linear):
-                m.weight.data.normal_(0, 0.01)
-                m.bias.data.zero_()
+        normal_init_(self)
 
     def get_bn_before_relu(self) -> list[nn.BatchNorm2d]:
         return [self.blocks[i][-1].conv[-1] for i in (1, 2, 4, 6)]

@@ -3,14 +3,13 @@ Recognition", ICLR 2015), five groups of 3x3 convolutions, optionally with Batch
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import register_model
+from .registry import normal_init_, register_model
 
 Tensor = torch.Tensor
 
@@ -57,18 +56,7 @@ class VGG(nn.Module):
         return nn.Sequential(*layers[:-1])
 
     def _initialize_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                m.weight.data.normal_(0, math.sqrt(2.0 / fan_out))
-                if m.bias is not None:
-                    m.bias.data.zero_()
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.data.fill_(1)
-                m.bias.data.zero_()
-            elif isinstance(m, nn.Linear):
-                m.weight.data.normal_(0, 0.01)
-                m.bias.data.zero_()
+        normal_init_(self)
 
     def get_feat_modules(self) -> nn.ModuleList:
         return nn.ModuleList([
