@@ -1,0 +1,717 @@
+"""Benchmarks, written to BENCHMARKS.md and benchmarks.json at the repository root.
+
+    python scripts/benchmark.py [--quick] [--sections data ...] [--num_workers 2] [--device cpu]
+
+One function per section returns a `Section` (markdown body + numbers); register it in SECTIONS. Running
+a subset of sections keeps the last results of the others: both files are rebuilt from the merged JSON.
+--quick uses tiny sizes (for CI; pass --output_dir to keep the real report untouched).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import datetime
+import functools
+import itertools
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dataset import build_loaders  # noqa: E402
+from dataset.fast import derived_generator  # noqa: E402
+from dataset.sampling import ContrastSampler  # noqa: E402
+from dataset.synthetic import write_synthetic_cifar100  # noqa: E402
+
+
+@dataclass
+class Section:
+    title: str
+    markdown: str
+    results: dict[str, Any] = field(default_factory=dict)
+    key: str | None = None  # its entry in the report (default: the section's name)
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        model = names[0] if names else model
+    return f"CPU: {model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(work: Callable[[], int], device: torch.device) -> tuple[int, float]:
+    """(items processed, seconds) of one call."""
+    synchronize(device)
+    start = time.perf_counter()
+    items = work()
+    synchronize(device)
+    return items, time.perf_counter() - start
+
+
+def count_images(batches: Iterable) -> int:
+    return sum(len(batch) for batch in batches)
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def original_crd_sampler(labels: np.ndarray, k: int, anchors: np.ndarray) -> None:
+    """The original CIFAR100InstanceSample.__getitem__ sampling, one anchor at a time (exact mode)."""
+    cls_positive = [np.flatnonzero(labels == c) for c in range(100)]
+    cls_negative = [np.concatenate([cls_positive[j] for j in range(100) if j != c]) for c in range(100)]
+    for index in anchors:
+        target = labels[index]
+        replace = k > len(cls_negative[target])
+        neg_idx = np.random.choice(cls_negative[target], k, replace=replace)
+        np.hstack((np.asarray([index]), neg_idx))
+
+
+def loader_throughput(folder: str, backend: str, crd_k: int | None, batch_size: int, num_workers: int,
+                      device: torch.device) -> float:
+    """Images/s of one full training epoch (augmentation, normalisation and CRD sampling included)."""
+    on = device if backend == "tensor" else torch.device("cpu")
+    train, _, _ = build_loaders(folder, backend, batch_size, num_workers, on, instance=True, crd_k=crd_k)
+    if backend == "tensor":
+        count_images(batch for _, batch in zip(range(3), train))  # warm-up (allocator, kernels)
+    images, seconds = timed(lambda: count_images(train), on)
+    return images / seconds
+
+
+def sampler_throughput(labels: np.ndarray, k: int, batch_size: int, device: torch.device) -> tuple[float, float]:
+    """Samples/s of the original per-sample sampler (CPU) and of ContrastSampler on `device`, one epoch."""
+    anchors = np.random.default_rng(0).permutation(len(labels))
+    _, baseline_seconds = timed(lambda: original_crd_sampler(labels, k, anchors), torch.device("cpu"))
+    device_labels = torch.from_numpy(labels).to(device)
+    sampler = ContrastSampler(device_labels, k)
+    generator = derived_generator(device, 0)
+    batches = torch.from_numpy(anchors).to(device).split(batch_size)
+    sampler.sample(batches[0], device_labels[batches[0]], generator)  # warm-up
+    _, seconds = timed(lambda: [sampler.sample(b, device_labels[b], generator) for b in batches], device)
+    return len(labels) / baseline_seconds, len(labels) / seconds
+
+
+def verdict(ratio: float, target: float) -> str:
+    return f"{ratio:.1f}x ({'meets' if ratio >= target else 'below'} the {target:g}x target)"
+
+
+def data_section(args: argparse.Namespace) -> Section:
+    """Train-loader throughput of both paths and CRD sampling throughput against the original sampler."""
+    per_class, k, batch_size = (5, 128, 64) if args.quick else (500, 16384, 64)
+    n = 100 * per_class
+    device = torch.device(args.device)
+    pipelines = {
+        "torchvision (PIL, DataLoader)": ("torchvision", None),
+        "tensor (on device)": ("tensor", None),
+        f"torchvision + CRD sampling (k={k})": ("torchvision", k),
+        f"tensor + CRD sampling (k={k})": ("tensor", k),
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        write_synthetic_cifar100(folder, train_per_class=per_class, test_per_class=1, seed=0)
+        speeds = {name: loader_throughput(folder, backend, crd_k, batch_size, args.num_workers, device)
+                  for name, (backend, crd_k) in pipelines.items()}
+    baseline_rate, sampler_rate = sampler_throughput(np.repeat(np.arange(100), per_class), k, batch_size, device)
+    names = list(pipelines)
+    fast_ratio, crd_fast_ratio = speeds[names[1]] / speeds[names[0]], speeds[names[3]] / speeds[names[2]]
+    crd_ratio = sampler_rate / baseline_rate
+    batch_bytes = batch_size * (k + 1) * 8
+    markdown = "\n\n".join([
+        f"Synthetic CIFAR-100 set of {n:,} train images, batch {batch_size}, one full epoch each "
+        f"(torchvision path: --num_workers {args.num_workers}, workers started per epoch as in the original; "
+        f"tensor path on {device.type}). CRD: k={k}, exact mode, {n:,} anchors.",
+        "**Train loaders (augmentation + normalisation included), images/s**\n\n"
+        + table(["pipeline", "images/s"], [[name, f"{speed:,.0f}"] for name, speed in speeds.items()]),
+        f"Tensor path vs torchvision path: {verdict(fast_ratio, 20)}; with CRD sampling: {crd_fast_ratio:.1f}x.",
+        "**CRD contrast-index sampling, samples/s**\n\n" + table(["sampler", "samples/s", "speed-up"], [
+            ["original: np.random.choice(pool, k, replace=False) per sample (CPU, one process)",
+             f"{baseline_rate:,.0f}", "1.0x"],
+            [f"ContrastSampler.sample, batch {batch_size} ({device.type})", f"{sampler_rate:,.0f}",
+             f"{crd_ratio:.1f}x"]]),
+        f"CRD sampling vs the original per-sample sampler: {verdict(crd_ratio, 50)}. Each batch writes "
+        f"{batch_size} x {k + 1} int64 indices ({batch_bytes / 1e6:.1f} MB); 50x the original would mean "
+        f"{1e3 * batch_size / (50 * baseline_rate):.2f} ms per batch.",
+    ])
+    results = {
+        "train_images": n, "batch_size": batch_size, "crd_k": k, "num_workers": args.num_workers,
+        "tensor_device": str(device), "loader_images_per_s": speeds, "tensor_vs_torchvision": fast_ratio,
+        "tensor_vs_torchvision_with_crd": crd_fast_ratio, "crd_original_samples_per_s": baseline_rate,
+        "crd_sampler_samples_per_s": sampler_rate, "crd_speedup": crd_ratio,
+    }
+    return Section("Data loading", markdown, results)
+
+
+METHODS = ["kd", "hint", "attention", "similarity", "correlation", "vid", "crd", "kdsvd", "fsp", "rkd", "pkt",
+           "abound", "factor", "nst"]
+WHOLE_STEP_METHODS = ("kd", "crd")  # without and with CRD's contrast sampling in the data path
+WHOLE_STEP_TARGET = 1.3  # CPU target: fast path >= 1.3x the faithful path's images/s
+BENCH_LR = "1e-5"  # steps repeat one batch, which some methods (CC, VID) blow up at lr 0.05; costs are the same
+# Dense tensor-core peaks (FLOP/s) from NVIDIA's datasheets; float32 convolutions run as TF32 (cuDNN default).
+PEAK_FLOPS = {
+    "H200": {"bf16": 989e12, "tf32": 494e12},
+    "H100 NVL": {"bf16": 835e12, "tf32": 418e12},
+    "H100 PCIe": {"bf16": 756e12, "tf32": 378e12},
+    "H100": {"bf16": 989e12, "tf32": 494e12},  # SXM
+}
+
+
+@dataclass
+class Config:
+    """One combination of the speed flags of train_*.py."""
+
+    label: str
+    amp: bool = False
+    channels_last: bool = False
+    compile: str | None = None
+
+
+class RepeatBatch:
+    """The same device-resident batch ``steps`` times: the training step alone, no data path."""
+
+    def __init__(self, batch, steps: int):
+        self.batch, self.steps = batch, steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        return itertools.repeat(self.batch, self.steps)
+
+
+class Batches:
+    """The next ``n`` batches of an already started loader iterator (worker start-up stays untimed)."""
+
+    def __init__(self, iterator, n: int):
+        self.iterator, self.n = iterator, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        return itertools.islice(self.iterator, self.n)
+
+
+def speed_configs(args: argparse.Namespace, device: torch.device) -> list[Config]:
+    from helper.loops import amp_dtype
+
+    amp = f"amp ({str(amp_dtype(device)).removeprefix('torch.')})"
+    configs = [Config("fp32"), Config("channels_last", channels_last=True), Config(amp, amp=True),
+               Config(f"channels_last + {amp}", amp=True, channels_last=True)]
+    if args.compile:
+        modes = ["default", "reduce-overhead"] if device.type == "cuda" else ["default"]  # CUDA graphs: CUDA only
+        configs += [Config(f"channels_last + {amp} + compile" + ("" if mode == "default" else f" {mode}"),
+                           amp=True, channels_last=True, compile=mode) for mode in modes]
+    return configs
+
+
+def reset_peak_memory(device: torch.device) -> float:
+    """Start a new peak-memory window; returns the memory in use now (MB): allocated on CUDA, RSS on a CPU."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / 2 ** 20
+    with contextlib.suppress(OSError):  # Linux: "5" resets the peak RSS (VmHWM) that getrusage reports
+        Path("/proc/self/clear_refs").write_text("5")
+    statm = Path("/proc/self/statm")
+    if statm.exists():
+        return int(statm.read_text().split()[1]) * resource.getpagesize() / 2 ** 20
+    return peak_memory_mb(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: max_memory_allocated; CPU: the process's peak RSS since reset_peak_memory (Linux)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def forward_flops(model: torch.nn.Module, batch_size: int, device: torch.device) -> float:
+    """Forward FLOPs per image (FlopCounterMode: convolutions and matrix products, 2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.randn(batch_size, 3, 32, 32, device=device))
+    model.train(was_training)
+    return counter.get_total_flops() / batch_size
+
+
+def peak_flops(device: torch.device, amp: bool) -> float | None:
+    """The device's dense peak for the step's precision, None when unknown (every CPU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peaks in PEAK_FLOPS.items():
+        if all(word in name for word in key.split()):
+            return peaks["bf16" if amp else "tf32"]
+    return None
+
+
+def student_options(args: argparse.Namespace, method: str, config: Config, n_data: int, crd_k: int):
+    """train_student.py's own options for ``method`` (its defaults, the pair, the config's flags)."""
+    import train_student
+
+    weights = ["-a", "0.9", "-b", "0"] if method == "kd" else ["-a", "0", "-b", "1"]
+    opt = train_student.parse_option([
+        "--path_t", f"{args.teacher}_vanilla/unused.pth", "--model_t", args.teacher, "--model_s", args.student,
+        "--distill", method, *weights, "--batch_size", str(args.batch_size), "--device", args.device,
+        "--seed", "0", "--nce_k", str(crd_k), "--print_freq", str(10 ** 9), "--learning_rate", BENCH_LR])
+    opt.n_data, opt.amp, opt.channels_last, opt.compile = n_data, config.amp, config.channels_last, config.compile
+    return opt
+
+
+def teacher_options(args: argparse.Namespace, config: Config):
+    import train_teacher
+
+    opt = train_teacher.parse_option(["--model", args.teacher, "--batch_size", str(args.batch_size),
+                                      "--device", args.device, "--seed", "0", "--print_freq", str(10 ** 9),
+                                      "--learning_rate", BENCH_LR])
+    opt.amp, opt.channels_last, opt.compile = config.amp, config.channels_last, config.compile
+    return opt
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: torch.nn.Module, images: torch.Tensor) -> None:
+    """Set BatchNorm running statistics from ``images``: an untrained network keeps 0/1 ones, with which a
+    deep teacher's eval-mode activations grow layer after layer (CC's term reaches 1e8 and diverges)."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a plain average: one batch gives its exact statistics
+    model.train()
+    model(images)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.eval()
+
+
+def fresh(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy, so that one config's channels_last conversion or updates do not leak into the next."""
+    return copy.deepcopy(model)
+
+
+Runner = Callable[[Iterable], int]  # runs training steps on some batches, returns the image count
+
+
+def project_loop(opt, objective, optimizer, device: torch.device) -> Runner:
+    """This project's train_epoch with ``objective`` (the flags in ``opt``)."""
+    from helper.loops import grad_scaler, train_epoch
+
+    scaler = grad_scaler(device, opt.amp)
+    return lambda batches: train_epoch(1, batches, objective, optimizer, opt, device, scaler=scaler).images
+
+
+def original_loop(model_s, model_t, distiller, opt, optimizer) -> Runner:
+    """One iteration of the original train_distill/train_vanilla: features always built, float32,
+    contiguous tensors, the per-parameter SGD loop, and a host sync per step (``loss.item()``)."""
+    import torch.nn.functional as F
+
+    from distiller_zoo import DistillKL
+    from helper.util import accuracy
+
+    kl = DistillKL(opt.kd_T) if model_t is not None else None
+    device = torch.device(opt.device)
+
+    def step(batch) -> int:
+        batch = batch.to(device)
+        if model_t is None:
+            logit_s = model_s(batch.images)
+            loss = F.cross_entropy(logit_s, batch.labels)
+        else:
+            preact = distiller.preact
+            feat_s, logit_s = model_s(batch.images, is_feat=True, preact=preact)
+            with torch.no_grad():
+                feat_t, logit_t = model_t(batch.images, is_feat=True, preact=preact)
+                feat_t = [f.detach() for f in feat_t]
+            term = distiller(feat_s, feat_t, logit_s, logit_t, batch)
+            loss = (opt.gamma * F.cross_entropy(logit_s, batch.labels) + opt.alpha * kl(logit_s, logit_t)
+                    + opt.beta * term)
+        acc1, acc5 = accuracy(logit_s, batch.labels, topk=(1, 5))
+        loss.item(), acc1.item(), acc5.item()  # the original's meters take Python floats
+        optimizer.zero_grad()
+        loss.sum().backward()
+        optimizer.step()
+        return len(batch)
+
+    return lambda batches: sum(step(batch) for batch in batches)
+
+
+def original_sgd(params, opt) -> torch.optim.SGD:
+    """The original's optimizer with its per-parameter update loop (torch would pick foreach on CUDA)."""
+    return torch.optim.SGD(params, lr=opt.learning_rate, momentum=opt.momentum, weight_decay=opt.weight_decay,
+                           foreach=False)
+
+
+def distill_runner(args, method: str, config: Config | None, teacher, student, n_data: int, crd_k: int,
+                   device: torch.device) -> Runner:
+    """Distillation steps of ``method`` on fresh model copies: the original loop when ``config`` is None."""
+    from distiller_zoo import build_distiller
+    from helper.engine import make_optimizer
+    from helper.objectives import DistillObjective
+    from helper.setup import maybe_compile, to_channels_last
+
+    opt = student_options(args, method, config or Config("fp32"), n_data, crd_k)
+    model_t, model_s = fresh(teacher).eval(), fresh(student)
+    distiller = build_distiller(opt, model_s, model_t).to(device)
+    params = [p for module in [model_s, *distiller.trainable_modules()] for p in module.parameters()]
+    if config is None:
+        model_s.train(), distiller.train()
+        return original_loop(model_s, model_t, distiller, opt, original_sgd(params, opt))
+    to_channels_last(opt, model_s, model_t)
+    objective = DistillObjective(maybe_compile(opt, model_s), maybe_compile(opt, model_t), distiller, opt)
+    return project_loop(opt, objective, make_optimizer(params, opt.learning_rate, opt), device)
+
+
+def teacher_runner(args, config: Config | None, teacher, device: torch.device) -> Runner:
+    """Teacher training steps (train_teacher.py) on a fresh copy: the original loop when ``config`` is None."""
+    from helper.engine import make_optimizer
+    from helper.objectives import TeacherObjective
+    from helper.setup import maybe_compile, to_channels_last
+
+    opt = teacher_options(args, config or Config("fp32"))
+    model = fresh(teacher).train()
+    if config is None:
+        return original_loop(model, None, None, opt, original_sgd(model.parameters(), opt))
+    to_channels_last(opt, model)
+    optimizer = make_optimizer(model.parameters(), opt.learning_rate, opt)
+    return project_loop(opt, TeacherObjective(maybe_compile(opt, model)), optimizer, device)
+
+
+def measure_rows(runners: dict[str, Runner], batch_source: Callable[[int], Iterable], warmup: int, steps: int,
+                 device: torch.device) -> dict[str, dict[str, float]]:
+    """{label: images/s and peak memory} after ``warmup`` untimed steps of every runner. CUDA: ``steps``
+    steps per row timed together (a sync per step would hide the host/device overlap). CPU: single steps
+    taken round-robin over the rows, the median kept per row, so that a burst of load from other processes
+    on a shared machine hits every row alike instead of ruining one."""
+    for run in runners.values():
+        run(batch_source(warmup))
+    rates: dict[str, list[float]] = {label: [] for label in runners}
+    peaks, growths = dict.fromkeys(runners, 0.0), dict.fromkeys(runners, 0.0)
+    rounds, per_round = (1, steps) if device.type == "cuda" else (steps, 1)
+    for _ in range(rounds):
+        for label, run in runners.items():
+            in_use = reset_peak_memory(device)
+            images, seconds = timed(lambda: run(batch_source(per_round)), device)
+            rates[label].append(images / seconds)
+            peak = peak_memory_mb(device)
+            peaks[label], growths[label] = max(peaks[label], peak), max(growths[label], peak - in_use)
+    return {label: {"images_per_s": statistics.median(rates[label]), "peak_memory_mb": peaks[label],
+                    "peak_growth_mb": growths[label]} for label in runners}
+
+
+def synthetic_batch(batch_size: int, n_data: int, crd_k: int, device: torch.device):
+    """A normalised-looking random batch with dataset indices and CRD contrast indices (exact mode)."""
+    from dataset.batch import Batch
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(n_data) % 100
+    indices = torch.randperm(n_data, generator=generator)[:batch_size]
+    sampler = ContrastSampler(labels.to(device), crd_k)
+    contrast_idx = sampler.sample(indices.to(device), labels[indices].to(device), derived_generator(device, 0))
+    return Batch(torch.randn(batch_size, 3, 32, 32, generator=generator), labels[indices], indices,
+                 contrast_idx).to(device)
+
+
+FAITHFUL = "faithful"  # the original step (result key; the tables say "faithful (original step)")
+
+
+def memory_cell(row: dict[str, float]) -> str:
+    return f"{row['peak_memory_mb']:,.0f} (+{row['peak_growth_mb']:,.0f})"
+
+
+def step_achieved(flops_per_image: float, rate: float, peak: float | None) -> str:
+    achieved = flops_per_image * rate
+    share = "unknown peak" if peak is None else f"{100 * achieved / peak:.1f}% of peak"
+    return f"{achieved / 1e9:,.1f} GFLOP/s ({share})"
+
+
+def method_step_results(args, method: str, configs: list[Config], measure_steps, teacher, student, n_data: int,
+                        crd_k: int, device: torch.device) -> dict[str, Any]:
+    """One method's rows: the original step, then each config, and which config was fastest."""
+    try:
+        runners = {FAITHFUL if config is None else config.label:
+                   distill_runner(args, method, config, teacher, student, n_data, crd_k, device)
+                   for config in [None, *configs]}
+    except (ValueError, NotImplementedError) as e:  # e.g. FSP/KDSVD between different widths
+        return {"unsupported": str(e).split(";")[0]}
+    results: dict[str, Any] = measure_steps(runners)
+    results["best"] = max(configs, key=lambda c: results[c.label]["images_per_s"]).label
+    return results
+
+
+def teacher_table(configs: list[Config], results: dict, flops_t: float, device: torch.device) -> str:
+    base = results[FAITHFUL]["images_per_s"]
+    rows = []
+    for config in [None, *configs]:
+        row = results[FAITHFUL if config is None else config.label]
+        rate = row["images_per_s"]
+        rows.append([f"{FAITHFUL} (original step)" if config is None else config.label, f"{rate:,.1f}",
+                     f"{rate / base:.2f}x", memory_cell(row),
+                     step_achieved(3 * flops_t, rate, peak_flops(device, config is not None and config.amp))])
+    return table(["config", "images/s", "vs faithful", "peak MB (step's own)", "achieved"], rows)
+
+
+def method_table(configs: list[Config], method_results: dict, flops_t: float, flops_s: float,
+                 device: torch.device) -> str:
+    labels = [FAITHFUL] + [c.label for c in configs]
+    header = ["method", *labels, "best vs faithful", "peak MB (step's own), best", "achieved (best)"]
+    rows = []
+    for method, results in method_results.items():
+        if "unsupported" in results:
+            rows.append([method] + ["n/a"] * (len(header) - 1))
+            continue
+        best = next(c for c in configs if c.label == results["best"])
+        best_row, base = results[best.label], results[FAITHFUL]["images_per_s"]
+        rows.append([method] + [f"{results[label]['images_per_s']:,.1f}" for label in labels]
+                    + [f"{best_row['images_per_s'] / base:.2f}x", memory_cell(best_row),
+                       step_achieved(flops_t + 3 * flops_s, best_row["images_per_s"], peak_flops(device, best.amp))])
+    return table(header, rows)
+
+
+def steps_section(args: argparse.Namespace) -> Section:
+    """Teacher training step and every method's distillation step with each speed flag, against the
+    original step, plus the whole step (data path included) of the faithful and the fast path."""
+    from helper.util import seed_everything
+    from models import model_dict
+
+    args = step_options(args)
+    device = torch.device(args.device)
+    seed_everything(0, deterministic=False)
+    per_class, crd_k = (5, 128) if args.quick else (200, 16384)
+    bank_n = 500 if args.quick else 50000  # the CRD memory bank of the step-only runs: CIFAR-100's size
+    teacher = model_dict[args.teacher](num_classes=100).to(device)
+    student = model_dict[args.student](num_classes=100).to(device)
+    flops_t, flops_s = (forward_flops(m, args.batch_size, device) for m in (teacher, student))
+    configs = speed_configs(args, device)
+    batch = synthetic_batch(args.batch_size, bank_n, crd_k, device)
+    calibrate_batchnorm(teacher, batch.images)  # the frozen teacher, as if trained
+    measure_steps = functools.partial(measure_rows, batch_source=functools.partial(RepeatBatch, batch),
+                                      warmup=args.warmup, steps=args.steps, device=device)
+    teacher_results = measure_steps({FAITHFUL if config is None else config.label:
+                                     teacher_runner(args, config, teacher, device) for config in [None, *configs]})
+    method_results = {method: method_step_results(args, method, configs, measure_steps, teacher, student, bank_n,
+                                                  crd_k, device)
+                      for method in args.methods}
+    whole_results = whole_step_comparison(args, method_results, teacher, student, per_class, crd_k, device)
+    memory_kind = ("max_memory_allocated" if device.type == "cuda" else "peak RSS of the process, reset per row")
+    memory_kind += (", with (+) its growth during the step: the models of every row of a table stay resident, "
+                    "and on a CPU memory freed earlier in the process stays in the RSS")
+    timing = "timed together" if device.type == "cuda" else "images/s of the median step"
+    markdown = "\n\n".join([
+        f"Teacher **{args.teacher}**, student **{args.student}**, batch {args.batch_size}, {device.type}; "
+        f"{args.warmup} warm-up and {args.steps} timed steps per row ({timing}; the same device-resident batch, "
+        f"so the data path is excluded; learning rate {BENCH_LR} so that no method diverges on it). "
+        f"*{FAITHFUL}* = the original step: feature lists always built, float32, per-parameter SGD, a "
+        f"`loss.item()` host sync per step. The other columns run this project's `train_epoch` with the named "
+        f"flags (foreach/fused SGD, meters on the device, no feature lists for KD). Peak memory: {memory_kind}. "
+        f"CRD: k={crd_k}, memory bank of {bank_n:,} rows.",
+        table(["model", "forward GFLOPs / image"], [[args.teacher, f"{flops_t / 1e9:.3f}"],
+                                                     [args.student, f"{flops_s / 1e9:.3f}"]]),
+        f"**Teacher training step ({args.teacher}, train_teacher.py), images/s** — achieved FLOP/s counts "
+        f"3x the forward FLOPs (forward + backward)\n\n" + teacher_table(configs, teacher_results, flops_t, device),
+        "**Distillation step (train_student.py), images/s** — achieved FLOP/s counts teacher forward + 3x "
+        "student forward\n\n" + method_table(configs, method_results, flops_t, flops_s, device),
+        f"**Whole distillation step, data path included, images/s** — faithful path: torchvision backend "
+        f"(PIL, DataLoader, --num_workers {args.num_workers}) + the original step; fast path: tensor backend + "
+        f"train_epoch with the method's fastest config above. Synthetic CIFAR-100 of {100 * per_class:,} train "
+        f"images.\n\n" + whole_step_table(whole_results, device),
+        what_bounds_the_step(device, flops_t, flops_s, method_results, whole_results),
+    ])
+    results = {
+        "teacher": args.teacher, "student": args.student, "batch_size": args.batch_size, "device": str(device),
+        "warmup_steps": args.warmup, "timed_steps": args.steps, "crd_k": crd_k, "crd_bank_rows": bank_n,
+        "forward_flops_per_image": {"teacher": flops_t, "student": flops_s},
+        "peak_flops": {"amp": peak_flops(device, True), "fp32": peak_flops(device, False)},
+        "teacher_step": teacher_results, "distill_step": method_results, "whole_step": whole_results,
+    }
+    with_compile = " with torch.compile" if args.compile else ""
+    return Section(f"Training steps: {args.teacher} -> {args.student}{with_compile}", markdown, results,
+                   key=f"steps {args.teacher}->{args.student}{' compile' if args.compile else ''}")
+
+
+def data_and_whole_step(args, backend: str, method: str, config: Config | None, teacher, student, folder: str,
+                        crd_k: int | None, device: torch.device) -> tuple[float, float]:
+    """(images/s of the loader alone, images/s of loader + step) for one backend, on one started iterator."""
+    on = device if backend == "tensor" else torch.device("cpu")  # the torchvision path yields CPU batches
+    train, _, n_data = build_loaders(folder, backend, args.batch_size, args.num_workers, on, instance=True,
+                                     crd_k=crd_k)
+    iterator = iter(train)
+    count_images(Batches(iterator, args.warmup))  # worker start-up, allocator
+    batches = max(4 * args.steps, 8)  # more than the DataLoader's prefetched batches
+    images, seconds = timed(lambda: count_images(Batches(iterator, batches)), on)
+    run = distill_runner(args, method, config, teacher, student, n_data, crd_k or 1, device)
+    row = measure_rows({backend: run}, functools.partial(Batches, iterator), args.warmup, args.steps, device)
+    return images / seconds, row[backend]["images_per_s"]
+
+
+def whole_step_comparison(args, method_results: dict, teacher, student, per_class: int, crd_k: int,
+                          device: torch.device) -> dict[str, dict[str, Any]]:
+    """Data path alone and data path + step: faithful (torchvision + original step) vs fast (tensor backend +
+    the method's fastest config)."""
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        write_synthetic_cifar100(folder, train_per_class=per_class, test_per_class=1, seed=0)
+        for method in (m for m in WHOLE_STEP_METHODS if "best" in method_results.get(m, {})):
+            k = crd_k if method == "crd" else None
+            best = next(c for c in speed_configs(args, device) if c.label == method_results[method]["best"])
+            data_faithful, faithful = data_and_whole_step(args, "torchvision", method, None, teacher, student,
+                                                          folder, k, device)
+            data_fast, fast = data_and_whole_step(args, "tensor", method, best, teacher, student, folder, k, device)
+            results[method] = {"faithful_data_images_per_s": data_faithful, "faithful_images_per_s": faithful,
+                               "fast_data_images_per_s": data_fast, "fast_images_per_s": fast,
+                               "fast_config": best.label, "speedup": fast / faithful, "train_images": 100 * per_class}
+    return results
+
+
+def whole_step_table(results: dict, device: torch.device) -> str:
+    rows = []
+    for method, r in results.items():
+        speedup = verdict(r["speedup"], WHOLE_STEP_TARGET) if device.type == "cpu" else f"{r['speedup']:.1f}x"
+        rows.append([method, f"{r['faithful_data_images_per_s']:,.0f}", f"{r['faithful_images_per_s']:,.1f}",
+                     f"{r['fast_data_images_per_s']:,.0f}", f"{r['fast_images_per_s']:,.1f} ({r['fast_config']})",
+                     speedup])
+    return table(["method", "faithful: data alone", "faithful: data + step", "fast: data alone",
+                  "fast: data + step (config)", "speed-up"], rows)
+
+
+def what_bounds_the_step(device: torch.device, flops_t: float, flops_s: float, method_results: dict,
+                         whole_results: dict) -> str:
+    """A short paragraph read off the numbers above."""
+    parts = [f"**What bounds the step.** Per image the step does {flops_t / 1e9:.2f} GFLOPs of teacher forward "
+             f"and {3 * flops_s / 1e9:.2f} GFLOPs of student forward + backward, so the frozen teacher is "
+             f"{100 * flops_t / (flops_t + 3 * flops_s):.0f}% of the arithmetic."]
+    kd = method_results.get("kd", {})
+    if "best" in kd:
+        base, fp32, best = (kd[label]["images_per_s"] for label in (FAITHFUL, "fp32", kd["best"]))
+        parts.append(f"For KD, this project's step in float32 runs at {fp32 / base:.2f}x the original step "
+                     f"and the fastest flags ({kd['best']}) at {best / base:.2f}x.")
+    for method, r in whole_results.items():
+        parts.append(f"With {method}, the fast data path alone delivers {r['fast_data_images_per_s']:,.0f} "
+                     f"images/s, so it takes about {100 * r['fast_images_per_s'] / r['fast_data_images_per_s']:.0f}% "
+                     f"of the fast step's time.")
+    if device.type == "cpu":
+        parts.append("Otherwise the CPU step is bound by the convolution kernels (oneDNN): host syncs cost "
+                     "nothing without an accelerator queue, so the gains come from bf16 arithmetic (AVX-512 BF16 "
+                     "where the CPU has it) and channels_last convolutions, and CRD's contrast sampling, which "
+                     "the faithful path spreads over its loader workers, is the one sizeable data cost. No peak "
+                     "FLOP/s is tabulated for CPUs, so no fraction of peak is given.")
+    else:
+        parts.append("On a GPU at this batch size the small CIFAR networks leave most of the device idle: the "
+                     "step is bound by kernel launches and per-op overhead rather than by FLOPs (see the "
+                     "fraction of peak), which torch.compile (fused kernels) and CUDA graphs "
+                     "(--compile reduce-overhead) remove; larger batches raise the fraction.")
+    return " ".join(parts)
+
+
+def step_options(args: argparse.Namespace) -> argparse.Namespace:
+    """The steps section's sizes: tiny under --quick, longer timing runs on a GPU."""
+    quick, cuda = args.quick, torch.device(args.device).type == "cuda"
+    return argparse.Namespace(**{
+        **vars(args),
+        "teacher": args.teacher or ("resnet14" if quick else "resnet32x4"),  # quick: equal widths (FSP, KDSVD)
+        "student": args.student or ("resnet8" if quick else "resnet8x4"),
+        "batch_size": args.batch_size or (8 if quick else 64),
+        "warmup": args.warmup if args.warmup is not None else (5 if cuda and not quick else 1),
+        "steps": args.steps or (1 if quick else 20 if cuda else 3),
+    })
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], Section]] = {
+    "data": data_section,
+    "steps": steps_section,
+}
+
+
+def environment(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": device_description(torch.device(args.device)),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "command": shlex.join(["python", "scripts/benchmark.py", *argv]),
+        "quick": args.quick,
+        "load_average": round(os.getloadavg()[0], 2),  # other processes skew CPU timings
+    }
+
+
+def render(report: dict[str, Any]) -> str:
+    parts = ["# Benchmarks", "Generated by `scripts/benchmark.py`; each section records how it was run."]
+    for name, section in report["sections"].items():
+        env = section["environment"]
+        parts.append(f"## {section['title']} (`{name}`)")
+        parts.append(f"{env['date']} · {env['device']} · torch {env['torch']} · python {env['python']} · "
+                     f"1-min load average {env['load_average']} at start, {env['load_average_end']} at end"
+                     f"{' · QUICK (tiny sizes)' if env['quick'] else ''}\n\nCommand: `{env['command']}`")
+        parts.append(section["markdown"])
+    return "\n\n".join(parts) + "\n"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke run)")
+    parser.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
+    parser.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1),
+                        help="DataLoader workers of the torchvision path")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--output_dir", "--out", type=Path, default=ROOT,
+                        help="where BENCHMARKS.md/benchmarks.json go")
+    steps = parser.add_argument_group("steps section (defaults: resnet32x4 -> resnet8x4, batch 64; --quick: "
+                                      "resnet14 -> resnet8, batch 8)")
+    steps.add_argument("--teacher", default=None, help="teacher architecture")
+    steps.add_argument("--student", default=None, help="student architecture")
+    steps.add_argument("--batch_size", type=int, default=None)
+    steps.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS, help="--distill methods to time")
+    steps.add_argument("--warmup", type=int, default=None, help="untimed steps per row (CPU 1, CUDA 5)")
+    steps.add_argument("--steps", type=int, default=None,
+                       help="timed steps per row (CPU: 3, their median; CUDA: 20, together)")
+    steps.add_argument("--compile", action="store_true",
+                       help="add torch.compile rows (minutes of compiling per method on a CPU)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = sys.argv[1:] if argv is None else argv
+    args = get_args_parser().parse_args(argv)
+    json_path, markdown_path = args.output_dir / "benchmarks.json", args.output_dir / "BENCHMARKS.md"
+    report = json.loads(json_path.read_text()) if json_path.exists() else {"sections": {}}
+    env = environment(args, argv)
+    for name in args.sections:
+        section = SECTIONS[name](args)
+        env_after = {**env, "load_average_end": round(os.getloadavg()[0], 2)}
+        report["sections"][section.key or name] = {"title": section.title, "environment": env_after,
+                                                   "results": section.results, "markdown": section.markdown}
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    markdown_path.write_text(render(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()

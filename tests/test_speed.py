@@ -1,0 +1,255 @@
+"""Speed flags (--amp, --channels_last, --compile), the fast SGD kernels, and the benchmark's quick run."""
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import logging
+import math
+from argparse import Namespace
+
+import pytest
+import torch
+from torch import nn
+
+import train_teacher
+from dataset.batch import Batch
+from dataset.synthetic import write_synthetic_cifar100
+from distiller_zoo import DISTILLERS, build_distiller
+from helper.engine import make_optimizer, use_fast_sgd
+from helper.loops import grad_scaler, train_epoch, uses_cuda_graphs
+from helper.objectives import DistillObjective
+from helper.setup import CompiledModule, to_channels_last
+from models import model_dict
+from scripts import benchmark
+
+CPU = torch.device("cpu")
+TEACHER, STUDENT = "resnet14", "resnet8"  # equal widths: every method applies, FSP and KDSVD included
+BATCH, N_DATA, NCE_K = 4, 32, 16
+METHODS = sorted(DISTILLERS)
+# channels_last only changes the order of the float sums inside the convolutions.
+LAYOUT_TOLERANCE = dict(rel_tol=1e-5, abs_tol=1e-5)
+
+
+def make_opt(method: str, **flags) -> Namespace:
+    opt = Namespace(distill=method, model_s=STUDENT, model_t=TEACHER, learning_rate=0.05, momentum=0.9,
+                    weight_decay=5e-4, gamma=1.0, alpha=1.0, beta=1.0, kd_T=4, feat_dim=128, mode="exact",
+                    nce_k=NCE_K, nce_t=0.07, nce_m=0.5, hint_layer=2, n_data=N_DATA, init_epochs=30,
+                    print_freq=1000, skip_nonfinite=False, amp=False, channels_last=False, compile=None)
+    vars(opt).update(flags)
+    return opt
+
+
+@functools.cache
+def _pristine(name: str, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return model_dict[name](num_classes=100)
+
+
+def make_batch() -> Batch:
+    generator = torch.Generator().manual_seed(2)
+    indices = torch.tensor([0, 5, 17, 31])
+    contrast_idx = torch.randint(0, N_DATA, (BATCH, NCE_K + 1), generator=generator)
+    contrast_idx[:, 0] = indices
+    return Batch(torch.randn(BATCH, 3, 32, 32, generator=generator),
+                 torch.randint(0, 100, (BATCH,), generator=generator), indices, contrast_idx)
+
+
+def train_two_steps(method: str, wrap=lambda model: model, **flags) -> tuple[float, nn.Module]:
+    """(mean loss, student) of two train_epoch steps of ``method`` from fixed weights and data."""
+    opt = make_opt(method, **flags)
+    model_t, model_s = copy.deepcopy(_pristine(TEACHER, 0)), copy.deepcopy(_pristine(STUDENT, 1))
+    torch.manual_seed(3)  # build_distiller and the CRD memory bank draw from the global generator
+    distiller = build_distiller(opt, model_s, model_t)
+    to_channels_last(opt, model_s, model_t)
+    objective = DistillObjective(wrap(model_s), wrap(model_t), distiller, opt)
+    params = [p for module in [model_s, *distiller.trainable_modules()] for p in module.parameters()]
+    optimizer = make_optimizer(params, opt.learning_rate, opt)
+    batch = make_batch()
+    result = train_epoch(1, [batch, batch], objective, optimizer, opt, CPU, scaler=grad_scaler(CPU, opt.amp))
+    return result.loss, model_s
+
+
+@functools.cache
+def fp32_loss(method: str) -> float:
+    return train_two_steps(method)[0]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_channels_last_trains_every_method_to_the_float32_loss(method):
+    loss, student = train_two_steps(method, channels_last=True)
+    assert student.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert math.isclose(loss, fp32_loss(method), **LAYOUT_TOLERANCE), (loss, fp32_loss(method))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_bf16_autocast_gives_a_finite_loss_close_to_float32(method):
+    loss, _ = train_two_steps(method, amp=True)
+    assert math.isfinite(loss)
+    assert math.isclose(loss, fp32_loss(method), rel_tol=0.05, abs_tol=0.05), (loss, fp32_loss(method))
+
+
+@pytest.mark.parametrize("method", ["kd", "crd"])
+def test_channels_last_and_bf16_together_give_a_finite_loss(method):
+    loss, _ = train_two_steps(method, amp=True, channels_last=True)
+    assert math.isclose(loss, fp32_loss(method), rel_tol=0.05, abs_tol=0.05)
+
+
+@pytest.mark.parametrize("method", ["kd", "attention"])
+def test_compiled_models_give_the_eager_loss(method):
+    # aot_eager: the dynamo capture and AOT autograd of --compile without inductor's minutes of C++ builds.
+    loss, _ = train_two_steps(method, wrap=functools.partial(CompiledModule, backend="aot_eager"))
+    assert math.isclose(loss, fp32_loss(method), rel_tol=1e-6, abs_tol=1e-6)
+
+
+def _failing_backend(gm, example_inputs):
+    raise RuntimeError("no compiler here")
+
+
+def _failing_backward_backend():
+    from torch._dynamo.backends.common import aot_autograd
+
+    return aot_autograd(fw_compiler=lambda gm, inputs: gm.forward, bw_compiler=_failing_backend)
+
+
+@pytest.mark.parametrize("backend", [_failing_backend, _failing_backward_backend()],
+                         ids=["forward-compile-fails", "backward-compile-fails"])
+def test_compile_failure_at_the_first_call_falls_back_to_eager_with_a_warning(backend, caplog):
+    with caplog.at_level(logging.WARNING, logger="repdistiller"):
+        loss, student = train_two_steps("kd", wrap=functools.partial(CompiledModule, backend=backend))
+    _, eager_student = train_two_steps("kd")
+    assert loss == fp32_loss("kd")
+    assert "--compile: torch.compile failed" in caplog.text and "running it eagerly" in caplog.text
+    for (name, value), expected in zip(student.state_dict().items(), eager_student.state_dict().values()):
+        assert torch.equal(value, expected), f"{name} differs from the eager run (BatchNorm stats updated twice?)"
+
+
+def test_compile_failure_when_wrapping_falls_back_to_eager(monkeypatch, caplog):
+    def broken_compile(*args, **kwargs):
+        raise RuntimeError("torch.compile is not supported on this platform")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    model = nn.Linear(3, 2)
+    with caplog.at_level(logging.WARNING, logger="repdistiller"):
+        runner = CompiledModule(model)
+    x = torch.randn(4, 3)
+    assert torch.equal(runner(x), model(x))
+    assert "running it eagerly" in caplog.text
+
+
+def test_compiled_teacher_run_saves_checkpoints_with_unprefixed_keys(tmp_path, monkeypatch):
+    monkeypatch.setattr("helper.setup.CompiledModule", functools.partial(CompiledModule, backend="eager"))
+    write_synthetic_cifar100(str(tmp_path / "data"), train_per_class=1, test_per_class=1, seed=0)
+    argv = ["--model", "resnet8", "--epochs", "1", "--data_folder", str(tmp_path / "data"), "--save_root",
+            str(tmp_path / "save"), "--batch_size", "50", "--device", "cpu", "--seed", "0", "--compile",
+            "--channels_last"]
+    assert train_teacher.main(argv) == 0
+    opt = train_teacher.parse_option(argv)
+    saved = torch.load(f"{opt.save_folder}/resnet8_last.pth", map_location="cpu", weights_only=True)
+    assert not any("_orig_mod" in key for key in saved["model"])
+    model_dict["resnet8"](num_classes=100).load_state_dict(saved["model"], strict=True)
+
+
+def test_compile_flag_takes_an_optional_mode():
+    base = ["--model", "resnet8", "--device", "cpu"]
+    assert train_teacher.parse_option(base).compile is None
+    assert train_teacher.parse_option(base + ["--compile"]).compile == "default"
+    reduce_overhead = train_teacher.parse_option(base + ["--compile", "reduce-overhead"])
+    assert reduce_overhead.compile == "reduce-overhead" and uses_cuda_graphs(reduce_overhead)
+    with pytest.raises(SystemExit):
+        train_teacher.parse_option(base + ["--compile", "fastest"])
+
+
+def test_kd_builds_no_feature_lists():
+    calls = []
+
+    def record(module, args, kwargs):
+        calls.append(kwargs.get("is_feat", False))
+
+    opt = make_opt("kd")
+    model_t, model_s = copy.deepcopy(_pristine(TEACHER, 0)), copy.deepcopy(_pristine(STUDENT, 1))
+    distiller = build_distiller(opt, model_s, model_t)
+    for model in (model_s, model_t):
+        model.register_forward_pre_hook(record, with_kwargs=True)
+    DistillObjective(model_s, model_t, distiller, opt)(make_batch())
+    assert calls == [False, False]
+
+
+@pytest.mark.parametrize("method", ["kd", "crd", "attention"])
+def test_training_loop_reads_no_tensor_values_between_prints(method, monkeypatch):
+    """Every .item()/float()/bool() of a tensor is a host sync on a GPU: none may happen per step."""
+    reads = {"count": 0}
+    for name in ("item", "tolist", "__float__", "__bool__", "__int__"):
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _original=original, **kwargs):
+            reads["count"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+
+    def reads_in(steps: int) -> int:
+        opt = make_opt(method)
+        model_t, model_s = copy.deepcopy(_pristine(TEACHER, 0)), copy.deepcopy(_pristine(STUDENT, 1))
+        distiller = build_distiller(opt, model_s, model_t)
+        objective = DistillObjective(model_s, model_t, distiller, opt)
+        optimizer = make_optimizer(model_s.parameters(), opt.learning_rate, opt)
+        objective(make_batch())  # CRD reads its constants once, at its first forward
+        reads["count"] = 0
+        train_epoch(1, [make_batch()] * steps, objective, optimizer, opt, CPU)
+        return reads["count"]
+
+    reads_in_two_steps = reads_in(2)
+    assert reads_in_two_steps > 0  # the epoch's averages are read once, at its end
+    assert reads_in(5) == reads_in_two_steps
+
+
+def test_sgd_uses_the_foreach_kernel_on_cpu_with_the_loop_numbers():
+    torch.manual_seed(0)
+    models = [model_dict["resnet8"](num_classes=100) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    opt = make_opt("kd")
+    fast = make_optimizer(models[0].parameters(), 0.1, opt)
+    loop = torch.optim.SGD(models[1].parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, foreach=False)
+    assert fast.param_groups[0]["foreach"] and not fast.param_groups[0]["fused"]
+    x = torch.randn(4, 3, 32, 32)
+    for _ in range(3):
+        for model, optimizer in zip(models, (fast, loop)):
+            optimizer.zero_grad()
+            model(x).square().mean().backward()
+            optimizer.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.equal(a, b)
+    saved = loop.state_dict()
+    fast.load_state_dict(saved)  # restores the saving run's flags ...
+    use_fast_sgd(fast)  # ... which the engine re-applies
+    assert fast.param_groups[0]["foreach"]
+
+
+def test_loss_scaler_only_for_float16_autocast(monkeypatch):
+    assert grad_scaler(CPU, amp=False) is None
+    assert grad_scaler(CPU, amp=True) is None  # bf16 needs none
+    monkeypatch.setattr("helper.loops.amp_dtype", lambda device: torch.float16)
+    assert isinstance(grad_scaler(CPU, amp=True), torch.amp.GradScaler)
+
+
+def test_quick_benchmark_writes_a_well_formed_report(tmp_path):
+    report = benchmark.main(["--quick", "--sections", "steps", "--num_workers", "0", "--out", str(tmp_path)])
+    markdown = (tmp_path / "BENCHMARKS.md").read_text()
+    assert json.loads((tmp_path / "benchmarks.json").read_text()) == report
+    (key, section), = report["sections"].items()
+    results = section["results"]
+    assert key == "steps resnet14->resnet8" and section["environment"]["quick"]
+    assert all(flops > 0 for flops in results["forward_flops_per_image"].values())
+    assert set(results["distill_step"]) == set(DISTILLERS)
+    for method, rows in results["distill_step"].items():
+        assert rows["best"] in rows, method
+        for label, row in rows.items():
+            if label != "best":
+                assert row["images_per_s"] > 0 and row["peak_memory_mb"] > 0, (method, label)
+    assert {"faithful", "fp32", "channels_last", "amp (bfloat16)"} <= set(results["distill_step"]["kd"])
+    assert set(results["whole_step"]) == {"kd", "crd"}
+    assert all(row["speedup"] > 0 for row in results["whole_step"].values())
+    for heading in ("Teacher training step", "Distillation step", "Whole distillation step", "What bounds the step"):
+        assert heading in markdown
+    assert "unknown peak" in markdown  # CPU: no peak FLOP/s table
