@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ROOT.parent / "shared" / "reference"
+REFERENCE = (ROOT / "../shared/reference").resolve()  # golden vectors of the original
 sys.path.insert(0, str(ROOT))
 
 
