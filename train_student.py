@@ -90,8 +90,6 @@ def main(argv: list[str] | None = None) -> None:
 
     opt = parse_option(argv)
     device = prepare_run(opt)
-    if opt.lr_override:
-        LOG.info(opt.lr_override)
     crd_k = opt.nce_k if opt.distill == "crd" else None
     train_loader, test_loader, n_data = build_data(opt, device, instance=True, crd_k=crd_k)
     if crd_k is not None and crd_k >= n_data:

@@ -9,7 +9,6 @@ from helper.engine import Job, run
 from helper.objectives import TeacherObjective
 from helper.options import add_common_args, check_common, make_run_folders, model_names, override_small_lr
 from helper.setup import build_data, build_model, cli, maybe_compile, prepare_run, to_channels_last
-from helper.util import LOG
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -35,8 +34,6 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     opt = parse_option(argv)
     device = prepare_run(opt)
-    if opt.lr_override:
-        LOG.info(opt.lr_override)
     train_loader, test_loader = build_data(opt, device, instance=False)[:2]
     model = build_model(opt.model, 100, device)
     to_channels_last(opt, model)

@@ -109,6 +109,8 @@ def prepare_run(opt) -> torch.device:
     once every input is checked)."""
     init_distributed(opt)
     setup_logging(getattr(opt, "is_main", True))
+    if opt.lr_override:
+        LOG.info(opt.lr_override)
     if opt.resume:
         from helper.engine import saved_seed  # engine imports this module
 
