@@ -19,7 +19,6 @@ import os
 import platform
 import resource
 import shlex
-import statistics
 import sys
 import tempfile
 import time
@@ -408,8 +407,8 @@ def measure_rows(runners: dict[str, Runner], batch_source: Callable[[int], Itera
                  device: torch.device) -> dict[str, dict[str, float]]:
     """{label: images/s and peak memory} after ``warmup`` untimed steps of every runner. CUDA: ``steps``
     steps per row timed together (a sync per step would hide the host/device overlap). CPU: single steps
-    taken round-robin over the rows, the median kept per row, so that a burst of load from other processes
-    on a shared machine hits every row alike instead of ruining one."""
+    taken round-robin over the rows, the fastest kept per row (as timeit does: other processes on a shared
+    machine only ever slow a step down, and round-robin spreads their bursts over every row)."""
     for run in runners.values():
         run(batch_source(warmup))
     rates: dict[str, list[float]] = {label: [] for label in runners}
@@ -422,7 +421,7 @@ def measure_rows(runners: dict[str, Runner], batch_source: Callable[[int], Itera
             rates[label].append(images / seconds)
             peak = peak_memory_mb(device)
             peaks[label], growths[label] = max(peaks[label], peak), max(growths[label], peak - in_use)
-    return {label: {"images_per_s": statistics.median(rates[label]), "peak_memory_mb": peaks[label],
+    return {label: {"images_per_s": max(rates[label]), "peak_memory_mb": peaks[label],
                     "peak_growth_mb": growths[label]} for label in runners}
 
 
@@ -523,7 +522,7 @@ def steps_section(args: argparse.Namespace) -> Section:
     memory_kind = ("max_memory_allocated" if device.type == "cuda" else "peak RSS of the process, reset per row")
     memory_kind += (", with (+) its growth during the step: the models of every row of a table stay resident, "
                     "and on a CPU memory freed earlier in the process stays in the RSS")
-    timing = "timed together" if device.type == "cuda" else "images/s of the median step"
+    timing = "timed together" if device.type == "cuda" else "single steps round-robin over the rows, the fastest kept"
     markdown = "\n\n".join([
         f"Teacher **{args.teacher}**, student **{args.student}**, batch {args.batch_size}, {device.type}; "
         f"{args.warmup} warm-up and {args.steps} timed steps per row ({timing}; the same device-resident batch, "
@@ -680,6 +679,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="DataLoader workers of the torchvision path")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice); on a CPU shared with other jobs, 1 "
+                             "avoids OpenMP threads stalling on a descheduled sibling")
     parser.add_argument("--output_dir", "--out", type=Path, default=ROOT,
                         help="where BENCHMARKS.md/benchmarks.json go")
     steps = parser.add_argument_group("steps section (defaults: resnet32x4 -> resnet8x4, batch 64; --quick: "
@@ -690,7 +692,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     steps.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS, help="--distill methods to time")
     steps.add_argument("--warmup", type=int, default=None, help="untimed steps per row (CPU 1, CUDA 5)")
     steps.add_argument("--steps", type=int, default=None,
-                       help="timed steps per row (CPU: 3, their median; CUDA: 20, together)")
+                       help="timed steps per row (CPU: 3, the fastest kept; CUDA: 20, timed together)")
     steps.add_argument("--compile", action="store_true",
                        help="add torch.compile rows (minutes of compiling per method on a CPU)")
     return parser
@@ -699,6 +701,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = sys.argv[1:] if argv is None else argv
     args = get_args_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     json_path, markdown_path = args.output_dir / "benchmarks.json", args.output_dir / "BENCHMARKS.md"
     report = json.loads(json_path.read_text()) if json_path.exists() else {"sections": {}}
     env = environment(args, argv)
