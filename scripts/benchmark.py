@@ -616,11 +616,14 @@ def what_bounds_the_step(device: torch.device, flops_t: float, flops_s: float, m
                      f"images/s, so it takes about {100 * r['fast_images_per_s'] / r['fast_data_images_per_s']:.0f}% "
                      f"of the fast step's time.")
     if device.type == "cpu":
-        parts.append("Otherwise the CPU step is bound by the convolution kernels (oneDNN): host syncs cost "
-                     "nothing without an accelerator queue, so the gains come from bf16 arithmetic (AVX-512 BF16 "
-                     "where the CPU has it) and channels_last convolutions, and CRD's contrast sampling, which "
-                     "the faithful path spreads over its loader workers, is the one sizeable data cost. No peak "
-                     "FLOP/s is tabulated for CPUs, so no fraction of peak is given.")
+        parts.append(f"So the CPU step is bound by the convolution kernels (oneDNN, {torch.get_num_threads()} "
+                     f"thread(s)): the original's feature lists and per-step `loss.item()` cost nothing measurable "
+                     f"without an accelerator queue, and the gains come from bf16 arithmetic (AVX-512 BF16 where "
+                     f"the CPU has it) and channels_last convolutions. CRD's contrast sampling is the largest data "
+                     f"cost, still small next to the convolutions. No peak FLOP/s is tabulated for CPUs, so no "
+                     f"fraction of peak is given. With more threads than free cores (other jobs on the machine), "
+                     f"OpenMP threads wait for descheduled siblings and steps slow down up to 10x: `--threads 1` "
+                     f"keeps shared-machine numbers reproducible.")
     else:
         parts.append("On a GPU at this batch size the small CIFAR networks leave most of the device idle: the "
                      "step is bound by kernel launches and per-op overhead rather than by FLOPs (see the "
