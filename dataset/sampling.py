@@ -1,6 +1,8 @@
 """CRD contrast indices drawn for a whole batch at once, on the device that holds the labels."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -16,30 +18,14 @@ def uniform_below(bounds: Tensor, k: int, generator: torch.Generator) -> Tensor:
     return draws % bounds[:, None]
 
 
-def distinct_below(bounds: Tensor, k: int, width: int, generator: torch.Generator) -> Tensor:
-    """(R, k) integers, row r a uniformly random k-subset of [0, bounds[r]) (needs k <= bounds[r] <= width).
-
-    The order within a row carries no meaning.
-    """
-    if bounds.device.type == "cpu":
-        return distinct_by_partial_shuffle(bounds, k, width, generator)
-    return distinct_by_random_keys(bounds, k, width, generator)
-
-
 def distinct_by_random_keys(bounds: Tensor, k: int, width: int, generator: torch.Generator) -> Tensor:
-    """The positions of the k smallest of `width` i.i.d. random keys per row, keys at positions >= bounds[r]
-    pushed past every real key. O(R * width) parallel work and no host sync: the accelerator kernel."""
+    """(R, k): row r a uniformly random k-subset of [0, bounds[r]) (needs k <= bounds[r] <= width), in no
+    particular order. The positions of the k smallest of `width` i.i.d. random keys per row, keys at
+    positions >= bounds[r] pushed past every real key: O(R * width) parallel work and no host sync, the
+    accelerator kernel."""
     keys = torch.randint(0, _KEY_RANGE, (bounds.shape[0], width), generator=generator, device=bounds.device)
     keys.masked_fill_(torch.arange(width, device=bounds.device) >= bounds[:, None], _KEY_RANGE)
     return keys.topk(k, dim=1, largest=False, sorted=False).indices
-
-
-def distinct_by_partial_shuffle(bounds: Tensor, k: int, width: int, generator: torch.Generator) -> Tensor:
-    """numpy's partial Fisher-Yates shuffle, row by row, seeded from `generator`: O(k) draws per row, which
-    on a CPU beats generating and selecting R * width keys several times over."""
-    rng = np.random.default_rng(int(torch.randint(0, _KEY_RANGE, (1,), generator=generator)))
-    rows = [rng.choice(bound, k, replace=False, shuffle=False) for bound in bounds.tolist()]
-    return torch.from_numpy(np.stack(rows)) if rows else torch.empty(0, k, dtype=torch.int64)
 
 
 class ContrastSampler:
@@ -95,19 +81,53 @@ class ContrastSampler:
             positive = indices
         else:
             positive = self.order.index_select(0, start + uniform_below(size, 1, generator)[:, 0])
+        kernel = self._sample_on_cpu if labels.device.type == "cpu" else self._sample_batched
+        return kernel(positive, labels, generator)
+
+    def _sample_batched(self, positive: Tensor, labels: Tensor, generator: torch.Generator) -> Tensor:
+        """The accelerator kernel: the whole batch in a few tensor ops, no host sync when the pools are equal."""
+        size, start = self.class_size[labels], self.class_start[labels]
         pool = self.pool_size[labels]
         if self.all_with_replacement:
             positions = uniform_below(pool, self.k, generator)
         elif self.all_distinct:
-            positions = distinct_below(pool, self.k, self.width, generator)
+            positions = distinct_by_random_keys(pool, self.k, self.width, generator)
         else:  # unbalanced classes, only some pools smaller than k (the boolean mask syncs a GPU)
             positions = uniform_below(pool, self.k, generator)
             distinct = ~self.with_replacement[labels]
-            positions[distinct] = distinct_below(pool[distinct], self.k, self.width, generator)
-        # index_select rather than take/advanced indexing: several times faster on a CPU
+            positions[distinct] = distinct_by_random_keys(pool[distinct], self.k, self.width, generator)
         if self.pools is None:
             positions = positions + (positions >= start[:, None]) * size[:, None]  # skip the own class
             negatives = self.order.index_select(0, positions.view(-1))
         else:
             negatives = self.pools.view(-1).index_select(0, (labels[:, None] * self.width + positions).view(-1))
         return torch.cat([positive[:, None], negatives.view(positions.shape)], dim=1)
+
+    def _sample_on_cpu(self, positive: Tensor, labels: Tensor, generator: torch.Generator) -> Tensor:
+        """The CPU kernel, row by row: numpy's partial Fisher-Yates shuffle (O(k) draws, where the R * width
+        random keys of the batched kernel cost several times more on a CPU), or k draws with replacement,
+        mapped to dataset indices by one gather written straight into the output."""
+        classes = labels.tolist()
+        out = np.empty((len(classes), self.k + 1), dtype=np.int64)  # (B, k+1)
+        out[:, 0] = positive.numpy()
+        rng = np.random.default_rng(int(torch.randint(0, _KEY_RANGE, (1,), generator=generator)))
+        pool_size = self.pool_size.tolist()
+        for r, c in enumerate(classes):
+            if pool_size[c] >= self.k:
+                positions = rng.choice(pool_size[c], self.k, replace=False, shuffle=False)
+            else:
+                positions = rng.integers(0, pool_size[c], self.k)
+            # mode="clip": the positions are in range, and "raise" would gather into a temporary first
+            np.take(self._cpu_pools[c], positions, out=out[r, 1:], mode="clip")
+        return torch.from_numpy(out)
+
+    @functools.cached_property
+    def _cpu_pools(self) -> list[np.ndarray]:
+        """Class c's pool as a numpy view: a table row, or (full pools) the class order read from just past
+        c's block, wrapping around, so that positions [0, pool) skip c itself."""
+        if self.pools is not None:
+            return list(self.pools.numpy())
+        order = self.order.numpy()
+        twice = np.concatenate([order, order])
+        ends = (self.class_start + self.class_size).tolist()
+        return [twice[end:end + size] for end, size in zip(ends, self.pool_size.tolist())]

@@ -150,15 +150,18 @@ def load_resume_state(job: Job) -> tuple[Path, dict] | None:
     return None
 
 
-def save_state(job: Job, progress: Progress, optimizer, init_optimizer, rng: list[dict] | None = None) -> None:
+def save_state(job: Job, progress: Progress, optimizer, init_optimizer, rng: list[dict] | None = None,
+               scaler: torch.amp.GradScaler | None = None) -> None:
     """``rng``: every rank's RNG state (gather_objects), saved so that each rank of a resumed run goes on
-    with its own; None: this process's."""
+    with its own; None: this process's. ``scaler``: the float16 loss scaler, whose scale took the run's
+    whole history to settle."""
     state = {
         "kind": job.kind,
         "model": job.model.state_dict(),
         "distiller": job.distiller.state_dict() if job.distiller is not None else None,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "init_optimizer": init_optimizer.state_dict() if init_optimizer is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
         "progress": progress.state_dict(),
         "rng": rng_state() if rng is None else rng[0],
         "rng_ranks": rng if rng is not None and len(rng) > 1 else None,
@@ -234,6 +237,8 @@ def run(job: Job) -> Progress:
         if init_optimizer is not None and state.get("init_optimizer") is not None:
             init_optimizer.load_state_dict(state["init_optimizer"])
             use_fast_sgd(init_optimizer)
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         set_rng_state(rank_rng_state(state))
         LOG.info(f"==> resumed from {resume_path}: init epochs done {progress.init_epochs_done}, "
                  f"epochs done {progress.epochs_done}/{opt.epochs}")
@@ -259,7 +264,7 @@ def run(job: Job) -> Progress:
             LOG.info(f"Epoch: [{epoch}]\t init_train_loss {result.loss:.3f}\t time {result.seconds:.1f}s")
             rng = gather_objects(rng_state())
             if job.is_main:
-                save_state(job, progress, optimizer, init_optimizer, rng)
+                save_state(job, progress, optimizer, init_optimizer, rng, scaler)
 
     if job.kind == "student" and progress.teacher_acc is None:
         teacher_acc, _, _ = validate(job.test_loader, job.teacher, device, opt, job.reduce)
@@ -298,7 +303,7 @@ def run(job: Job) -> Progress:
         rng = gather_objects(rng_state())
         if job.is_main:
             save_epoch_checkpoints(job, optimizer, epoch, test_acc, improved)
-            save_state(job, progress, optimizer, init_optimizer, rng)
+            save_state(job, progress, optimizer, init_optimizer, rng, scaler)
             write_results(job, progress, finished=False)
         done = epoch - run_start_epoch + 1
         elapsed = time.perf_counter() - run_start_time

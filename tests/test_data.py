@@ -15,7 +15,7 @@ from dataset import (Batch, CIFAR100InstanceSample, DatasetError, build_loaders,
                      get_cifar100_dataloaders_sample)
 from dataset.cifar100 import ARCHIVE_URL, CIFAR100_MEAN, CIFAR100_STD, FOLDER_NAME, read_split
 from dataset.fast import TensorTrainLoader, shard
-from dataset.sampling import ContrastSampler, distinct_by_partial_shuffle, distinct_by_random_keys
+from dataset.sampling import ContrastSampler, distinct_by_random_keys
 from dataset.synthetic import main as synthetic_main
 from dataset.synthetic import write_meta, write_split, write_synthetic_cifar100
 
@@ -274,24 +274,58 @@ def test_crd_percent_keeps_a_fixed_random_share_of_each_pool(root, backend):
     assert max(sizes) <= int(297 * 0.5) and sum(sizes) / len(sizes) > 140
 
 
-@pytest.mark.parametrize("draw", [distinct_by_random_keys, distinct_by_partial_shuffle])
-def test_distinct_draws_give_every_k_subset_the_same_probability(draw):
+def assert_uniform_pairs(pairs: list[tuple[int, int]], members: set[int]) -> None:
+    """Every pair two distinct members, and each of the len(members)-choose-2 pairs equally frequent."""
+    subsets = [tuple(sorted(pair)) for pair in pairs]
+    assert all(a != b and {a, b} <= members for a, b in subsets)
+    counts = np.unique(subsets, axis=0, return_counts=True)[1]
+    assert len(counts) == len(members) * (len(members) - 1) // 2 and chi_square(counts) < 30
+
+
+def test_random_keys_give_every_k_subset_the_same_probability():
     generator = torch.Generator().manual_seed(0)
     rows = 20000
     bounds = torch.tensor([5, 3]).repeat(rows // 2)  # width 5; half the rows may only use positions 0..2
-    draws = draw(bounds, 2, 5, generator)
-    for bound, expected_subsets in ((5, 10), (3, 3)):
-        subsets = [tuple(sorted(row)) for row in draws[bounds == bound].tolist()]
-        assert all(a != b and max(a, b) < bound for a, b in subsets)
-        counts = np.unique(subsets, axis=0, return_counts=True)[1]
-        assert len(counts) == expected_subsets and chi_square(counts) < 30
+    draws = distinct_by_random_keys(bounds, 2, 5, generator)
+    for bound in (5, 3):
+        assert_uniform_pairs(draws[bounds == bound].tolist(), set(range(bound)))
 
 
-@pytest.mark.parametrize("draw", [distinct_by_random_keys, distinct_by_partial_shuffle])
-def test_contrast_sampler_handles_unbalanced_classes_with_and_without_replacement(monkeypatch, draw):
-    monkeypatch.setattr(sampling, "distinct_below", draw)  # both kernels, whatever the device
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_sampler_gives_every_k_subset_of_the_pool_the_same_probability(threads):
+    labels = torch.tensor([0] * 3 + [1] * 5)  # pools: class 0 -> the 5 of class 1, class 1 -> the 3 of class 0
+    sampler = ContrastSampler(labels, k=2, num_classes=2)
+    indices = torch.arange(8).repeat(2500)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        contrast = sampler.sample(indices, labels[indices], torch.Generator().manual_seed(0))
+    finally:
+        torch.set_num_threads(saved)
+    for c, members in ((0, {3, 4, 5, 6, 7}), (1, {0, 1, 2})):
+        assert_uniform_pairs(contrast[labels[indices] == c, 1:].tolist(), members)
+
+
+def test_cpu_sampler_draws_do_not_depend_on_the_thread_count():
+    labels = torch.arange(10).repeat_interleave(30)
+    sampler = ContrastSampler(labels, k=100, mode="relax", num_classes=10)
+    indices = torch.randperm(300, generator=torch.Generator().manual_seed(1))[:64]
+    saved = torch.get_num_threads()
+    draws = []
+    for threads in (1, 2, 3):
+        torch.set_num_threads(threads)
+        draws.append(sampler.sample(indices, labels[indices], torch.Generator().manual_seed(7)))
+    torch.set_num_threads(saved)
+    assert torch.equal(draws[0], draws[1]) and torch.equal(draws[0], draws[2])
+
+
+@pytest.mark.parametrize("kernel", ["cpu", "batched"])
+@pytest.mark.parametrize("percent", [1.0, 0.8])
+def test_contrast_sampler_handles_unbalanced_classes_with_and_without_replacement(monkeypatch, kernel, percent):
     labels = torch.tensor([0] * 2 + [1] * 5 + [2] * 10)
-    sampler = ContrastSampler(labels, k=8, mode="relax", num_classes=3)  # class 2's pool (7) < k
+    sampler = ContrastSampler(labels, k=8, mode="relax", percent=percent, num_classes=3)  # class 2's pool < k
+    if kernel == "batched":  # the accelerator's kernel, run on the CPU
+        monkeypatch.setattr(sampler, "_sample_on_cpu", sampler._sample_batched)
     indices = torch.arange(17).repeat(20)
     contrast = sampler.sample(indices, labels[indices], torch.Generator().manual_seed(0))
     assert torch.equal(labels[contrast[:, 0]], labels[indices])

@@ -200,6 +200,19 @@ def test_resume_without_a_seed_flag_goes_on_with_the_seed_of_the_saved_run(workd
     assert_same_weights(load(folder / "state.pth"), load(reference / "state.pth"))
 
 
+def test_float16_loss_scale_is_saved_in_the_state_and_restored_on_resume(workdir, tmp_path, monkeypatch):
+    monkeypatch.setattr("helper.loops.amp_dtype", lambda device: torch.float16)  # a GPU without bf16
+    argv = teacher_argv(workdir, tmp_path, "--amp", "--batch_size", "100", "--lr_decay_epochs", "5")
+    assert train_teacher.main([*argv, "--epochs", "1"]) == 0
+    state_path = run_folder(train_teacher, argv) / "state.pth"
+    state = load(state_path)
+    assert state["scaler"]["scale"] > 0
+    state["scaler"]["scale"] = 4.0  # a scale the fresh scaler (2 ** 16) would take thousands of steps to reach
+    torch.save(state, state_path)
+    assert train_teacher.main([*argv, "--epochs", "2", "--resume", "auto"]) == 0
+    assert load(state_path)["scaler"]["scale"] <= 4.0  # resumed from the saved scale, not from 2 ** 16
+
+
 def test_resume_command_replaces_an_earlier_resume_flag(monkeypatch):
     for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)

@@ -29,6 +29,9 @@ BATCH, N_DATA, NCE_K = 4, 32, 16
 METHODS = sorted(DISTILLERS)
 # channels_last only changes the order of the float sums inside the convolutions.
 LAYOUT_TOLERANCE = dict(rel_tol=1e-5, abs_tol=1e-5)
+# RKD's angles normalise differences of nearly equal pooled features (an untrained student, batch 4): the
+# cancellation in e_j - e_i amplifies those reorderings about tenfold, by a factor that varies between CPUs.
+RKD_LAYOUT_TOLERANCE = dict(rel_tol=1e-4, abs_tol=1e-4)
 
 
 def make_opt(method: str, **flags) -> Namespace:
@@ -79,7 +82,8 @@ def fp32_loss(method: str) -> float:
 def test_channels_last_trains_every_method_to_the_float32_loss(method):
     loss, student = train_two_steps(method, channels_last=True)
     assert student.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    assert math.isclose(loss, fp32_loss(method), **LAYOUT_TOLERANCE), (loss, fp32_loss(method))
+    tolerance = RKD_LAYOUT_TOLERANCE if method == "rkd" else LAYOUT_TOLERANCE
+    assert math.isclose(loss, fp32_loss(method), **tolerance), (loss, fp32_loss(method))
 
 
 @pytest.mark.parametrize("method", METHODS)
