@@ -81,43 +81,42 @@ class ContrastMemory(nn.Module):
         if idx is None:
             idx = self.multinomial.draw(batch_size * (K + 1)).view(batch_size, -1)
             idx[:, 0] = y
-        whole_bank = self.scores_whole_bank(batch_size, K)
-        score = self._scores_whole_bank if whole_bank else self._scores_gathered
+        if self.scores_whole_bank(batch_size, K):
+            scratch = self._scratch(batch_size, v1.device)
+            score = lambda v, memory, *rest: _WholeBankScores.apply(v, memory, *rest, scratch)  # noqa: E731
+        else:
+            score = _gathered_scores
         # exp(score / T) with T = 0.07 amplifies low-precision errors: score in float32 even under autocast.
         with torch.autocast(v1.device.type, enabled=False):
             v1, v2 = v1.float(), v2.float()
-            out_v2 = torch.exp(score(self.memory_v1, v2, idx) / T)  # (B, K+1, 1)
-            out_v1 = torch.exp(score(self.memory_v2, v1, idx) / T)
+            # Every rank applies every rank's rows, so that all ranks keep the same bank.
+            rows_v1, rows_v2, rows = _rows_from_all_ranks(v1, v2, y) if _world_size() > 1 else (v1, v2, y)
+            new_v1 = self._updated_rows(self.memory_v1, rows_v1, rows, momentum)
+            new_v2 = self._updated_rows(self.memory_v2, rows_v2, rows, momentum)
+            # Each bank scores the other view's embedding with its pre-update rows, then takes its update.
+            out_v2 = torch.exp(score(v2, self.memory_v1, idx, rows, new_v1) / T).unsqueeze(2)  # (B, K+1, 1)
+            out_v1 = torch.exp(score(v1, self.memory_v2, idx, rows, new_v2) / T).unsqueeze(2)
             if z_v1 < 0:
                 z_v1 = self._set_normalization(2, out_v1, "Z_v1")
             if z_v2 < 0:
                 z_v2 = self._set_normalization(3, out_v2, "Z_v2")
             out_v1 = out_v1 / z_v1
             out_v2 = out_v2 / z_v2
-            if _world_size() > 1:
-                # Every rank applies every rank's rows, so that all ranks keep the same bank.
-                v1, v2, y = _rows_from_all_ranks(v1, v2, y)
-            # After scoring: the scores use the pre-update rows. The whole-bank matmul keeps the bank
-            # itself for its backward, so then the update must build a new tensor instead of writing in place.
-            self._update("memory_v1", v1, y, momentum, in_place=not whole_bank)
-            self._update("memory_v2", v2, y, momentum, in_place=not whole_bank)
         return out_v1, out_v2
+
+    def _scratch(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        """A (B, n) float32 buffer kept across steps for the whole-bank scores and their gradient: on a CPU a
+        fresh 13 MB tensor per use costs more in page faults than the arithmetic that fills it."""
+        buffer = getattr(self, "_scratch_buffer", None)
+        if buffer is None or buffer.shape[0] != batch_size or buffer.device != device:
+            buffer = self._scratch_buffer = torch.empty(batch_size, self.nLem, device=device)
+        return buffer
 
     def scores_whole_bank(self, batch_size: int, K: int) -> bool:
         """Score against the whole bank (one (B, n) matmul, then pick the K+1 columns) when that reads
         fewer rows than gathering the (B, K+1, D) sampled rows: 21x faster at the paper's B=64,
         K=16384, n=50000 on CPU; gathering stays cheaper for small batches against a large bank."""
         return batch_size * (K + 1) >= self.nLem
-
-    @staticmethod
-    def _scores_gathered(memory: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """<memory[idx[b, k]], v[b]> as (B, K+1, 1), gathering the sampled rows."""
-        return torch.bmm(memory[idx], v.unsqueeze(2))  # (B, K+1, D) x (B, D, 1)
-
-    @staticmethod
-    def _scores_whole_bank(memory: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """<memory[idx[b, k]], v[b]> as (B, K+1, 1), scoring every row and picking the sampled ones."""
-        return (v @ memory.t()).gather(1, idx).unsqueeze(2)  # (B, n) -> (B, K+1)
 
     @torch.no_grad()
     def _set_normalization(self, slot: int, out: torch.Tensor, name: str) -> float:
@@ -129,16 +128,56 @@ class ContrastMemory(nn.Module):
         LOG.info(f"normalization constant {name} is set to {z:.1f}")
         return z
 
+    @staticmethod
     @torch.no_grad()
-    def _update(self, name: str, v: torch.Tensor, y: torch.Tensor, momentum: float, in_place: bool) -> None:
-        """Momentum update of the rows y of bank ``name``, re-normalised to unit length."""
-        memory = getattr(self, name)
+    def _updated_rows(memory: torch.Tensor, v: torch.Tensor, y: torch.Tensor, momentum: float) -> torch.Tensor:
+        """(R, D) momentum update of the bank rows y towards v, re-normalised to unit length."""
         rows = memory.index_select(0, y) * momentum + v * (1 - momentum)
-        rows = rows / rows.pow(2).sum(1, keepdim=True).pow(0.5)
-        if in_place:
-            memory.index_copy_(0, y, rows)
-        else:
-            setattr(self, name, memory.index_copy(0, y, rows))
+        return rows / rows.pow(2).sum(1, keepdim=True).pow(0.5)
+
+
+def _gathered_scores(v: torch.Tensor, memory: torch.Tensor, idx: torch.Tensor, y: torch.Tensor,
+                     new_rows: torch.Tensor) -> torch.Tensor:
+    """(B, K+1) <memory[idx[b, k]], v[b]> from the gathered sampled rows (a copy, so the backward keeps the
+    pre-update values), then rows y of the bank set to new_rows."""
+    scores = torch.bmm(memory[idx], v.unsqueeze(2)).squeeze(2)  # (B, K+1, D) x (B, D, 1)
+    with torch.no_grad():
+        memory.index_copy_(0, y, new_rows)
+    return scores
+
+
+class _WholeBankScores(torch.autograd.Function):
+    """(B, K+1) <memory[idx[b, k]], v[b]> from one (B, n) matmul with the whole bank, then rows y of the
+    bank set to new_rows in place.
+
+    The backward needs the bank as the forward read it. Instead of a copy of the bank per step (25 MB at
+    n = 50000), the forward keeps the R old rows it overwrites and the backward adds back their change.
+    ``scratch`` (B, n) holds the scores in the forward and their gradient in the backward; it may be shared
+    by several instances, as the backward rewrites it whole.
+    """
+
+    @staticmethod
+    def forward(ctx, v, memory, idx, y, new_rows, scratch):
+        scores = torch.mm(v, memory.t(), out=scratch).gather(1, idx)  # (B, n) -> (B, K+1)
+        old_rows = memory.index_select(0, y)
+        memory.index_copy_(0, y, new_rows)
+        ctx.save_for_backward(idx, y, old_rows)
+        # Not saved for backward: autograd would refuse the in-place update and the buffer's reuse.
+        ctx.memory, ctx.version, ctx.scratch = memory, memory._version, scratch
+        return scores
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        idx, y, old_rows = ctx.saved_tensors
+        memory = ctx.memory
+        if memory._version != ctx.version:
+            raise RuntimeError("the CRD memory bank changed between a forward pass and its backward; run the "
+                               "backward of each CRD loss before the next forward")
+        dense = ctx.scratch.zero_().scatter_add_(1, idx, grad)  # (B, n)
+        copies = (y[:, None] == y[None, :]).sum(1, keepdim=True)  # (R, 1): a row y may appear several times
+        change = (old_rows - memory.index_select(0, y)) / copies  # (R, D), summed back once per distinct row
+        return dense @ memory + dense.index_select(1, y) @ change, None, None, None, None, None
 
 
 def _world_size() -> int:

@@ -10,6 +10,7 @@ from torch import nn
 
 from conftest import reference_file
 from crd import AliasMethod, ContrastMemory, CRDLoss
+from crd.memory import _WholeBankScores, _gathered_scores
 from distiller_zoo import (FSP, KDSVD, PKT, ABLoss, Attention, Correlation, DistillKL, FactorTransfer, HintLoss,
                            NSTLoss, RKDLoss, Similarity, VIDLoss)
 from distiller_zoo.NST import poly_kernel_mean
@@ -235,13 +236,34 @@ def test_crd_state_dict_round_trip_gives_the_same_next_loss():
         torch.testing.assert_close(resumed.state_dict()[name], value, msg=lambda m: f"{name}: {m}")
 
 
-def test_crd_whole_bank_and_gathered_scoring_agree():
+def test_crd_whole_bank_and_gathered_scoring_agree_with_repeated_rows():
     torch.manual_seed(0)
-    memory = torch.randn(40, 8)
-    v = torch.randn(3, 8)
+    bank, embedding = torch.randn(40, 8), torch.randn(3, 8)
+    banks = [bank.clone() for _ in range(2)]
+    v = [embedding.clone().requires_grad_(True) for _ in range(2)]
     idx = torch.randint(0, 40, (3, 11))
-    torch.testing.assert_close(ContrastMemory._scores_whole_bank(memory, v, idx),
-                               ContrastMemory._scores_gathered(memory, v, idx))
+    y = torch.tensor([5, 9, 5, idx[0, 3].item()])  # a repeated row (two ranks' copies), one row also sampled
+    new_rows = torch.randn(40, 8)[y]
+    new_rows[2] = new_rows[0]  # copies of a row carry the same update
+    scratch = torch.empty(3, 40)
+    whole = _WholeBankScores.apply(v[0], banks[0], idx, y, new_rows, scratch)
+    gathered = _gathered_scores(v[1], banks[1], idx, y, new_rows)
+    weights = torch.randn(3, 11)
+    (whole * weights).sum().backward()
+    (gathered * weights).sum().backward()
+    torch.testing.assert_close(whole, gathered)
+    torch.testing.assert_close(v[0].grad, v[1].grad)
+    assert torch.equal(banks[0], banks[1]) and torch.equal(banks[0][y], new_rows)
+
+
+def test_crd_backward_after_a_second_forward_is_refused():
+    crd = CRDLoss(_tiny_crd_opt())
+    assert crd.contrast.scores_whole_bank(4, 32)
+    idx = torch.arange(4)
+    first = crd(torch.randn(4, 16, requires_grad=True), torch.randn(4, 24), idx)
+    crd(torch.randn(4, 16), torch.randn(4, 24), idx)  # updates the bank again before the first backward
+    with pytest.raises(RuntimeError, match="memory bank changed between a forward pass and its backward"):
+        first.sum().backward()
 
 
 @pytest.mark.parametrize("n_data", [64, 2000], ids=["small-bank-whole-bank-scoring", "large-bank-gathered-scoring"])
@@ -257,7 +279,7 @@ def test_crd_gradients_use_the_memory_before_its_update(n_data: int):
     crd(f_s, f_t, idx, contrast_idx).sum().backward()
 
     # Same loss with the update switched off: identical gradients prove the backward saw the old bank.
-    reference.contrast._update = lambda *args, **kwargs: None
+    reference.contrast._updated_rows = lambda memory, v, y, momentum: memory.index_select(0, y)
     f_s_ref = f_s.detach().clone().requires_grad_(True)
     reference(f_s_ref, f_t, idx, contrast_idx).sum().backward()
     torch.testing.assert_close(f_s.grad, f_s_ref.grad)
