@@ -201,7 +201,8 @@ def test_resume_without_a_seed_flag_goes_on_with_the_seed_of_the_saved_run(workd
 
 
 def test_float16_loss_scale_is_saved_in_the_state_and_restored_on_resume(workdir, tmp_path, monkeypatch):
-    monkeypatch.setattr("helper.loops.amp_dtype", lambda device: torch.float16)  # a GPU without bf16
+    # The scaler of a GPU without bf16, over CPU bf16 autocast (CPU float16 convolutions are very slow).
+    monkeypatch.setattr("helper.engine.grad_scaler", lambda device, amp: torch.amp.GradScaler("cpu") if amp else None)
     argv = teacher_argv(workdir, tmp_path, "--amp", "--batch_size", "100", "--lr_decay_epochs", "5")
     assert train_teacher.main([*argv, "--epochs", "1"]) == 0
     state_path = run_folder(train_teacher, argv) / "state.pth"
