@@ -75,6 +75,7 @@ class ContrastMemory(nn.Module):
         self.register_buffer("memory_v1", torch.rand(outputSize, inputSize).mul_(2 * stdv).add_(-stdv))
         self.register_buffer("memory_v2", torch.rand(outputSize, inputSize).mul_(2 * stdv).add_(-stdv))
         self._constants: list[float] | None = None
+        self._copies: dict[str, _BankCopies] = {}  # derived from the banks, not saved
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
@@ -99,15 +100,23 @@ class ContrastMemory(nn.Module):
         if idx is None:
             idx = self.multinomial.draw(batch_size * (K + 1)).view(batch_size, -1)
             idx[:, 0] = y
+        device = v1.device.type
         if self.scores_whole_bank(batch_size, K):
             scratch = self._scratch(batch_size, v1.device)
             # Row b's columns as positions in the flattened (B, n) scores: index_select is ~3x faster than gather.
             flat = (idx + torch.arange(0, batch_size * self.nLem, self.nLem, device=idx.device)[:, None]).view(-1)
-            score = lambda v, memory, *rest: _WholeBankScores.apply(v, memory, *rest, scratch, flat)  # noqa: E731
+            bf16 = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16
+            low_scratch = self._scratch(batch_size, v1.device, torch.bfloat16) if bf16 else None
+
+            def score(v, name, *rest):
+                bank, copies = getattr(self, name), self._copies.setdefault(name, _BankCopies())
+                copies.sync(bank, bf16)
+                return _WholeBankScores.apply(v, bank, *rest, scratch, low_scratch, flat, copies)
         else:
-            score = _gathered_scores
+            def score(v, name, *rest):
+                return _gathered_scores(v, getattr(self, name), *rest)
         # exp(score / T) with T = 0.07 amplifies low-precision errors: score in float32 even under autocast.
-        with torch.autocast(v1.device.type, enabled=False):
+        with torch.autocast(device, enabled=False):
             v1, v2 = v1.float(), v2.float()
             # Every rank applies every rank's rows, so that all ranks keep the same bank.
             rows_v1, rows_v2, rows = _rows_from_all_ranks(v1, v2, y) if _world_size() > 1 else (v1, v2, y)
@@ -115,20 +124,21 @@ class ContrastMemory(nn.Module):
             new_v2 = self._updated_rows(self.memory_v2, rows_v2, rows, momentum)
             # Each bank scores the other view's embedding with its pre-update rows, then takes its update.
             # 1 / T scales the (B, D) embedding rather than the (B, K+1) scores.
-            logits_v2 = score(v2 / T, self.memory_v1, idx, rows, new_v1)  # (B, K+1)
-            logits_v1 = score(v1 / T, self.memory_v2, idx, rows, new_v2)
+            logits_v2 = score(v2 / T, "memory_v1", idx, rows, new_v1)  # (B, K+1)
+            logits_v1 = score(v1 / T, "memory_v2", idx, rows, new_v2)
             if z_v1 < 0:
                 z_v1 = self._set_normalization(2, logits_v1, "Z_v1")
             if z_v2 < 0:
                 z_v2 = self._set_normalization(3, logits_v2, "Z_v2")
             return LogScores(logits_v1, math.log(z_v1)), LogScores(logits_v2, math.log(z_v2))
 
-    def _scratch(self, batch_size: int, device: torch.device) -> torch.Tensor:
-        """A (B, n) float32 buffer kept across steps for the whole-bank scores and their gradient: on a CPU a
-        fresh 13 MB tensor per use costs more in page faults than the arithmetic that fills it."""
-        buffer = getattr(self, "_scratch_buffer", None)
+    def _scratch(self, batch_size: int, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A (B, n) buffer kept across steps for the whole-bank scores and their gradient: on a CPU a fresh
+        13 MB tensor per use costs more in page faults than the arithmetic that fills it."""
+        buffers = self.__dict__.setdefault("_scratch_buffers", {})
+        buffer = buffers.get(dtype)
         if buffer is None or buffer.shape[0] != batch_size or buffer.device != device:
-            buffer = self._scratch_buffer = torch.empty(batch_size, self.nLem, device=device)
+            buffer = buffers[dtype] = torch.empty(batch_size, self.nLem, device=device, dtype=dtype)
         return buffer
 
     def scores_whole_bank(self, batch_size: int, K: int) -> bool:
@@ -171,19 +181,23 @@ class _WholeBankScores(torch.autograd.Function):
 
     The backward needs the bank as the forward read it. Instead of a copy of the bank per step (25 MB at
     n = 50000), the forward keeps the R old rows it overwrites and the backward adds back their change.
-    ``scratch`` (B, n) holds the scores in the forward and their gradient in the backward; it may be shared
-    by several instances, as the backward rewrites it whole.
+    ``scratch`` (B, n) holds the scores in the forward and their gradient in the backward, and under bf16
+    autocast ``low_scratch`` (B, n) bfloat16 the gradient's copy for its matmul (None otherwise); they may
+    be shared by several instances, as each use rewrites them whole.
     """
 
     @staticmethod
-    def forward(ctx, v, memory, idx, y, new_rows, scratch, flat_idx):
-        """flat_idx: (B * (K+1),) idx[b, k] + b * n, the same columns in the flattened (B, n) scores."""
-        scores = torch.mm(v, memory.t(), out=scratch).view(-1).index_select(0, flat_idx).view(idx.shape)
+    def forward(ctx, v, memory, idx, y, new_rows, scratch, low_scratch, flat_idx, copies):
+        """flat_idx: (B * (K+1),) idx[b, k] + b * n, the same columns in the flattened (B, n) scores;
+        copies: the bank's _BankCopies, in step with it."""
+        scores = torch.mm(v, copies.transposed, out=scratch).view(-1).index_select(0, flat_idx).view(idx.shape)
         old_rows = memory.index_select(0, y)
         memory.index_copy_(0, y, new_rows)
+        copies.write_rows(memory, y, new_rows)
         ctx.save_for_backward(idx, y, old_rows)
         # Not saved for backward: autograd would refuse the in-place update and the buffer's reuse.
-        ctx.memory, ctx.version, ctx.scratch = memory, memory._version, scratch
+        ctx.memory, ctx.version, ctx.scratch, ctx.low_scratch = memory, memory._version, scratch, low_scratch
+        ctx.bank_for_grad = memory if copies.low is None else copies.low
         return scores
 
     @staticmethod
@@ -197,7 +211,39 @@ class _WholeBankScores(torch.autograd.Function):
         dense = ctx.scratch.zero_().scatter_add_(1, idx, grad)  # (B, n)
         copies = (y[:, None] == y[None, :]).sum(1, keepdim=True)  # (R, 1): a row y may appear several times
         change = (old_rows - memory.index_select(0, y)) / copies  # (R, D), summed back once per distinct row
-        return dense @ memory + dense.index_select(1, y) @ change, None, None, None, None, None, None
+        correction = dense.index_select(1, y) @ change
+        if ctx.low_scratch is not None:  # bf16 autocast: the gradient's matmul in bfloat16, like the network's
+            dense = ctx.low_scratch.copy_(dense)
+        return (dense @ ctx.bank_for_grad).float() + correction, None, None, None, None, None, None, None, None
+
+
+class _BankCopies:
+    """Copies of one bank for the whole-bank matmuls, kept in step with it: the (D, n) transposed layout,
+    whose product with the (B, D) embeddings runs 1.5x faster on a CPU than the (n, D) bank read transposed,
+    and, under bf16 autocast, a bfloat16 copy for the gradient's matmul (4x faster with AMX; the scores stay
+    float32). Rebuilt when the bank changed other than through write_rows (a loaded state, a device move)."""
+
+    def __init__(self) -> None:
+        self.bank: torch.Tensor | None = None
+        self.version = -1
+        self.transposed: torch.Tensor | None = None  # (D, n) float32
+        self.low: torch.Tensor | None = None  # (n, D) bfloat16, or None
+
+    def sync(self, bank: torch.Tensor, bf16: bool) -> None:
+        if self.bank is not bank or self.version != bank._version:
+            self.bank, self.version = bank, bank._version
+            self.transposed, self.low = bank.t().contiguous(), None
+        if not bf16:
+            self.low = None
+        elif self.low is None:
+            self.low = bank.to(torch.bfloat16)
+
+    def write_rows(self, bank: torch.Tensor, y: torch.Tensor, rows: torch.Tensor) -> None:
+        """After bank.index_copy_(0, y, rows): the same rows into the copies."""
+        self.transposed.index_copy_(1, y, rows.t())
+        if self.low is not None:
+            self.low.index_copy_(0, y, rows.to(torch.bfloat16))
+        self.version = bank._version
 
 
 def _world_size() -> int:

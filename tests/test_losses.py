@@ -10,7 +10,7 @@ from torch import nn
 
 from conftest import reference_file
 from crd import AliasMethod, ContrastMemory, CRDLoss
-from crd.memory import _WholeBankScores, _gathered_scores
+from crd.memory import _BankCopies, _WholeBankScores, _gathered_scores
 from distiller_zoo import (FSP, KDSVD, PKT, ABLoss, Attention, Correlation, DistillKL, FactorTransfer, HintLoss,
                            NSTLoss, RKDLoss, Similarity, VIDLoss)
 from distiller_zoo.NST import poly_kernel_mean
@@ -247,7 +247,9 @@ def test_crd_whole_bank_and_gathered_scoring_agree_with_repeated_rows():
     new_rows[2] = new_rows[0]  # copies of a row carry the same update
     scratch = torch.empty(3, 40)
     flat = (idx + 40 * torch.arange(3)[:, None]).view(-1)
-    whole = _WholeBankScores.apply(v[0], banks[0], idx, y, new_rows, scratch, flat)
+    copies = _BankCopies()
+    copies.sync(banks[0], bf16=False)
+    whole = _WholeBankScores.apply(v[0], banks[0], idx, y, new_rows, scratch, None, flat, copies)
     gathered = _gathered_scores(v[1], banks[1], idx, y, new_rows)
     weights = torch.randn(3, 11)
     (whole * weights).sum().backward()
@@ -255,6 +257,45 @@ def test_crd_whole_bank_and_gathered_scoring_agree_with_repeated_rows():
     torch.testing.assert_close(whole, gathered)
     torch.testing.assert_close(v[0].grad, v[1].grad)
     assert torch.equal(banks[0], banks[1]) and torch.equal(banks[0][y], new_rows)
+    assert torch.equal(copies.transposed, banks[0].t()) and copies.version == banks[0]._version
+
+
+def _crd_step(crd: CRDLoss, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, grad of the student features) of one CRD step on inputs drawn from ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    f_s = torch.randn(4, 16, generator=generator).requires_grad_(True)
+    f_t = torch.randn(4, 24, generator=generator)
+    contrast_idx = torch.randint(0, 64, (4, 33), generator=generator)
+    loss = crd(f_s, f_t, contrast_idx[:, 0], contrast_idx)
+    loss.sum().backward()
+    return loss.detach(), f_s.grad
+
+
+def test_crd_bank_copies_follow_a_loaded_state():
+    torch.manual_seed(0)
+    trained, other = CRDLoss(_tiny_crd_opt()), CRDLoss(_tiny_crd_opt())
+    _crd_step(trained, 1)  # builds its bank copies
+    _crd_step(other, 2)
+    state = copy.deepcopy(other.state_dict())
+    trained.load_state_dict(state)
+    fresh = CRDLoss(_tiny_crd_opt())
+    fresh.load_state_dict(state)
+    for a, b in zip(_crd_step(trained, 3), _crd_step(fresh, 3)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_crd_gradient_under_bf16_autocast_is_close_to_float32_and_the_scores_stay_float32():
+    torch.manual_seed(0)
+    crd = CRDLoss(_tiny_crd_opt())
+    reference = copy.deepcopy(crd)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, grad = _crd_step(crd, 1)
+    assert crd.contrast._copies["memory_v1"].low.dtype == torch.bfloat16
+    expected_loss, expected_grad = _crd_step(reference, 1)
+    # The embeddings' linear layers run in bf16 under autocast; the scores, exp and loss in float32.
+    torch.testing.assert_close(loss, expected_loss, rtol=2e-2, atol=0)
+    torch.testing.assert_close(grad, expected_grad, rtol=5e-2, atol=5e-2 * expected_grad.abs().max().item())
+    assert loss.dtype == torch.float32
 
 
 def test_crd_backward_after_a_second_forward_is_refused():
