@@ -246,10 +246,9 @@ def test_crd_whole_bank_and_gathered_scoring_agree_with_repeated_rows():
     new_rows = torch.randn(40, 8)[y]
     new_rows[2] = new_rows[0]  # copies of a row carry the same update
     scratch = torch.empty(3, 40)
-    flat = (idx + 40 * torch.arange(3)[:, None]).view(-1)
     copies = _BankCopies()
     copies.sync(banks[0], bf16=False)
-    whole = _WholeBankScores.apply(v[0], banks[0], idx, y, new_rows, scratch, None, flat, copies)
+    whole = _WholeBankScores.apply(v[0], banks[0], idx, y, new_rows, scratch, None, copies)
     gathered = _gathered_scores(v[1], banks[1], idx, y, new_rows)
     weights = torch.randn(3, 11)
     (whole * weights).sum().backward()
