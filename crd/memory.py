@@ -76,6 +76,7 @@ class ContrastMemory(nn.Module):
         self.register_buffer("memory_v2", torch.rand(outputSize, inputSize).mul_(2 * stdv).add_(-stdv))
         self._constants: list[float] | None = None
         self._copies: dict[str, _BankCopies] = {}  # derived from the banks, not saved
+        self._scratch_buffers: dict[torch.dtype, torch.Tensor] = {}
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
@@ -133,10 +134,9 @@ class ContrastMemory(nn.Module):
     def _scratch(self, batch_size: int, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """A (B, n) buffer kept across steps for the whole-bank scores and their gradient: on a CPU a fresh
         13 MB tensor per use costs more in page faults than the arithmetic that fills it."""
-        buffers = self.__dict__.setdefault("_scratch_buffers", {})
-        buffer = buffers.get(dtype)
+        buffer = self._scratch_buffers.get(dtype)
         if buffer is None or buffer.shape[0] != batch_size or buffer.device != device:
-            buffer = buffers[dtype] = torch.empty(batch_size, self.nLem, device=device, dtype=dtype)
+            buffer = self._scratch_buffers[dtype] = torch.empty(batch_size, self.nLem, device=device, dtype=dtype)
         return buffer
 
     def scores_whole_bank(self, batch_size: int, K: int) -> bool:
