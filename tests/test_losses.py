@@ -281,6 +281,11 @@ def test_crd_bank_copies_follow_a_loaded_state():
     fresh.load_state_dict(state)
     for a, b in zip(_crd_step(trained, 3), _crd_step(fresh, 3)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    trained.contrast.memory_v1 = trained.contrast.memory_v1.clone()  # a new tensor, as .to(device) makes
+    trained.contrast.memory_v1[0] = 0.5
+    fresh.contrast.memory_v1[0] = 0.5
+    for a, b in zip(_crd_step(trained, 4), _crd_step(fresh, 4)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_crd_gradient_under_bf16_autocast_is_close_to_float32_and_the_scores_stay_float32():
