@@ -13,7 +13,7 @@ from crd import AliasMethod, ContrastMemory, CRDLoss
 from crd.memory import _BankCopies, _WholeBankScores, _gathered_scores
 from distiller_zoo import (FSP, KDSVD, PKT, ABLoss, Attention, Correlation, DistillKL, FactorTransfer, HintLoss,
                            NSTLoss, RKDLoss, Similarity, VIDLoss)
-from distiller_zoo.NST import poly_kernel_mean
+from distiller_zoo.NST import poly_kernel_mean, poly_kernel_means
 from models.util import Connector, ConvReg, LinearEmbed, Paraphraser, Translator
 
 LOSS_RTOL = 1e-4
@@ -348,6 +348,21 @@ def test_nst_batched_gram_equals_the_explicit_polynomial_kernel():
     a, b = torch.randn(2, 5, 7), torch.randn(2, 3, 7)
     explicit = (a.unsqueeze(1) * b.unsqueeze(2)).sum(-1).pow(2).mean()  # (B, C_b, C_a, HW) summed
     torch.testing.assert_close(poly_kernel_mean(a, b), explicit)
+
+
+@pytest.mark.parametrize("c_s, c_t, hw", [(8, 8, 64), (64, 64, 16), (48, 80, 9)],
+                         ids=["channel-grams", "spatial-grams", "spatial-grams-unequal-widths"])
+def test_nst_kernel_means_take_either_route_to_the_same_values_and_gradients(c_s, c_t, hw):
+    torch.manual_seed(0)
+    f_s = torch.randn(3, c_s, hw, requires_grad=True)
+    f_t = torch.randn(3, c_t, hw)
+    means = poly_kernel_means(f_s, f_t)
+    direct = (poly_kernel_mean(f_t, f_t), poly_kernel_mean(f_s, f_s), poly_kernel_mean(f_s, f_t))
+    for got, expected in zip(means, direct):
+        torch.testing.assert_close(got, expected)
+    grad, = torch.autograd.grad(means[1] - 2 * means[2], f_s)
+    expected_grad, = torch.autograd.grad(direct[1] - 2 * direct[2], f_s)
+    torch.testing.assert_close(grad, expected_grad)
 
 
 def test_fsp_rejects_unequal_channel_counts_with_the_original_message():
