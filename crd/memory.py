@@ -206,8 +206,8 @@ class _WholeBankScores(torch.autograd.Function):
             raise RuntimeError("the CRD memory bank changed between a forward pass and its backward; run the "
                                "backward of each CRD loss before the next forward")
         dense = ctx.scratch.zero_().scatter_add_(1, idx, grad)  # (B, n)
-        copies = (y[:, None] == y[None, :]).sum(1, keepdim=True)  # (R, 1): a row y may appear several times
-        change = (old_rows - memory.index_select(0, y)) / copies  # (R, D), summed back once per distinct row
+        repeats = (y[:, None] == y[None, :]).sum(1, keepdim=True)  # (R, 1): a row y may appear several times
+        change = (old_rows - memory.index_select(0, y)) / repeats  # (R, D), summed back once per distinct row
         correction = dense.index_select(1, y) @ change
         if ctx.low_scratch is not None:  # bf16 autocast: the gradient's matmul in bfloat16, like the network's
             dense = ctx.low_scratch.copy_(dense)

@@ -76,10 +76,10 @@ class ContrastSampler:
 
     def sample(self, indices: Tensor, labels: Tensor, generator: torch.Generator) -> Tensor:
         """(B, k+1) int64 contrast indices for anchors `indices` with classes `labels`; column 0 = positive."""
-        size, start = self.class_size[labels], self.class_start[labels]
         if self.mode == "exact":
             positive = indices
         else:
+            start, size = self.class_start[labels], self.class_size[labels]
             positive = self.order.index_select(0, start + uniform_below(size, 1, generator)[:, 0])
         kernel = self._sample_on_cpu if labels.device.type == "cpu" else self._sample_batched
         return kernel(positive, labels, generator)

@@ -173,7 +173,7 @@ def data_section(args: argparse.Namespace) -> Section:
         f"CRD sampling vs the original per-sample sampler: {verdict(crd_ratio, 50)}. Each batch writes "
         f"{batch_size} x {k + 1} int64 indices ({batch_bytes / 1e6:.1f} MB); 50x the original would mean "
         f"{1e3 * batch_size / (50 * baseline_rate):.2f} ms per batch. "
-        + (f"On a CPU that is out of reach for any exact sampler here: numpy's bounded-integer generator alone, "
+        + (f"On a CPU that is out of reach for a numpy sampler here: numpy's bounded-integer generator alone, "
            f"drawing the k numbers a uniform k-subset needs and doing nothing else, reaches "
            f"{rates['draws_only'] / baseline_rate:.1f}x, and numpy's partial shuffle holds the GIL, so threads "
            f"do not add to it. The original's cost is a permutation of the whole pool per sample; this "

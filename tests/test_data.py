@@ -291,17 +291,11 @@ def test_random_keys_give_every_k_subset_the_same_probability():
         assert_uniform_pairs(draws[bounds == bound].tolist(), set(range(bound)))
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_cpu_sampler_gives_every_k_subset_of_the_pool_the_same_probability(threads):
+def test_cpu_sampler_gives_every_k_subset_of_the_pool_the_same_probability():
     labels = torch.tensor([0] * 3 + [1] * 5)  # pools: class 0 -> the 5 of class 1, class 1 -> the 3 of class 0
     sampler = ContrastSampler(labels, k=2, num_classes=2)
     indices = torch.arange(8).repeat(2500)
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        contrast = sampler.sample(indices, labels[indices], torch.Generator().manual_seed(0))
-    finally:
-        torch.set_num_threads(saved)
+    contrast = sampler.sample(indices, labels[indices], torch.Generator().manual_seed(0))
     for c, members in ((0, {3, 4, 5, 6, 7}), (1, {0, 1, 2})):
         assert_uniform_pairs(contrast[labels[indices] == c, 1:].tolist(), members)
 
