@@ -1,24 +1,17 @@
-"""Distill a teacher into a student on CIFAR-100 with one of the benchmark's methods (--distill)."""
+"""Distill a teacher into a student with one of the benchmark's methods (--distill)."""
 from __future__ import annotations
 
 import argparse
 import sys
 
+from cli.app import cli, prepare_run
+from cli.build import build_data, build_model, load_teacher, maybe_compile, to_channels_last
+from cli.options import (add_common_args, check_common, get_teacher_name, make_run_folders, model_names,
+                         override_small_lr)
+from distiller_zoo import DISTILLERS, MethodError, add_method_arguments, build_distiller
 from helper.distributed import sum_across_ranks
 from helper.engine import Job, run
 from helper.objectives import DistillObjective
-from helper.options import (add_common_args, check_common, get_teacher_name, make_run_folders, model_names,
-                            override_small_lr)
-from helper.setup import (SetupError, build_data, build_model, cli, maybe_compile, prepare_run,
-                          to_channels_last)
-from helper.util import LOG
-
-
-def distill_names() -> list[str]:
-    from distiller_zoo.base import DISTILLERS
-    import distiller_zoo  # noqa: F401  (fills the registry)
-
-    return list(DISTILLERS)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -29,18 +22,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--path_t", type=str, default=None, help="teacher model snapshot")
     parser.add_argument("--model_t", type=str, default=None, choices=model_names(),
                         help="teacher architecture (default: parsed from --path_t's folder name)")
-    parser.add_argument("--distill", type=str, default="kd", choices=distill_names())
+    parser.add_argument("--distill", type=str, default="kd", choices=list(DISTILLERS))
     parser.add_argument("--trial", type=str, default="1", help="trial id")
     parser.add_argument("-r", "--gamma", type=float, default=1, help="weight for classification")
     parser.add_argument("-a", "--alpha", type=float, default=None, help="weight balance for KD")
     parser.add_argument("-b", "--beta", type=float, default=None, help="weight balance for other losses")
     parser.add_argument("--kd_T", type=float, default=4, help="temperature for KD distillation")
-    parser.add_argument("--feat_dim", default=128, type=int, help="feature dimension")
-    parser.add_argument("--mode", default="exact", type=str, choices=["exact", "relax"])
-    parser.add_argument("--nce_k", default=16384, type=int, help="number of negative samples for NCE")
-    parser.add_argument("--nce_t", default=0.07, type=float, help="temperature parameter for softmax")
-    parser.add_argument("--nce_m", default=0.5, type=float, help="momentum for non-parametric updates")
-    parser.add_argument("--hint_layer", default=2, type=int, choices=[0, 1, 2, 3, 4])
+    add_method_arguments(parser)  # each method's own flags, under its name
     return parser
 
 
@@ -48,6 +36,7 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
     parser = get_args_parser()
     opt = parser.parse_args(argv)
     check_common(parser, opt)
+    method = DISTILLERS[opt.distill]
     if opt.path_t is None:
         parser.error("--path_t is required: a teacher checkpoint such as "
                      "./save/models/resnet32x4_vanilla/ckpt_epoch_240.pth "
@@ -56,12 +45,14 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("-a/--alpha (weight of the KL term) is required; the paper uses -a 0, "
                      "or -a 0.9 for KD and -a 1 for CRD+KD")
     if opt.beta is None:
-        if opt.distill != "kd":
+        if method.has_term:
             parser.error(f"-b/--beta (weight of the {opt.distill} term) is required; "
                          f"scripts/run_cifar_distill.sh lists the paper's values")
         opt.beta = 0.0
-    if opt.nce_k <= 0 or opt.feat_dim <= 0:
-        parser.error("--nce_k and --feat_dim must be positive")
+    try:
+        method.check_options(opt)
+    except MethodError as e:
+        parser.error(str(e))
     if opt.model_t is None:
         opt.model_t = get_teacher_name(opt.path_t)
         if opt.model_t not in model_names():
@@ -74,35 +65,17 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
     return opt
 
 
-def load_teacher(opt, device):
-    from helper.checkpoint import load_model_weights
-
-    LOG.info("==> loading teacher model")
-    model_t = build_model(opt.model_t, 100, device)
-    load_model_weights(model_t, opt.path_t, opt.model_t, map_location=device)
-    LOG.info("==> done")
-    return model_t
-
-
 @cli
 def main(argv: list[str] | None = None) -> None:
-    from distiller_zoo.base import build_distiller
-
     opt = parse_option(argv)
     device = prepare_run(opt)
-    crd_k = opt.nce_k if opt.distill == "crd" else None
-    train_loader, test_loader, n_data = build_data(opt, device, instance=True, crd_k=crd_k)
-    if crd_k is not None and crd_k >= n_data:
-        raise SetupError(f"--nce_k {crd_k} is too large: CRD draws its negatives from the other samples of "
-                         f"the training set, which holds {n_data} images in {opt.data_folder}; use --nce_k "
-                         f"below {n_data} (the paper uses 16384 of CIFAR-100's 50000)")
-    opt.n_data = n_data
+    train_loader, test_loader, opt.n_data = build_data(opt, device, DISTILLERS[opt.distill].data_needs(opt))
     model_t = load_teacher(opt, device)
-    model_s = build_model(opt.model_s, 100, device)
+    model_s = build_model(opt, opt.model_s, device)
     try:
         distiller = build_distiller(opt, model_s, model_t).to(device)
-    except (ValueError, NotImplementedError) as e:
-        raise SetupError(f"--distill {opt.distill} with {opt.model_t} -> {opt.model_s}: {e}") from None
+    except MethodError as e:
+        raise MethodError(f"--distill {opt.distill} with {opt.model_t} -> {opt.model_s}: {e}") from None
     to_channels_last(opt, model_s, model_t)  # not the distiller: its modules see loss_inputs (NCHW) features
     objective = DistillObjective(maybe_compile(opt, model_s), maybe_compile(opt, model_t), distiller, opt)
     job = Job(opt=opt, kind="student", device=device, model=model_s, objective=objective, train_loader=train_loader,

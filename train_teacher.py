@@ -1,14 +1,15 @@
-"""Train a CIFAR-100 network from scratch (the teachers of the paper, and the vanilla students)."""
+"""Train a network from scratch (the teachers of the paper, and the vanilla students)."""
 from __future__ import annotations
 
 import argparse
 import sys
 
+from cli.app import cli, prepare_run
+from cli.build import build_data, build_model, maybe_compile, to_channels_last
+from cli.options import add_common_args, check_common, make_run_folders, model_names, override_small_lr
 from helper.distributed import sum_across_ranks
 from helper.engine import Job, run
 from helper.objectives import TeacherObjective
-from helper.options import add_common_args, check_common, make_run_folders, model_names, override_small_lr
-from helper.setup import build_data, build_model, cli, maybe_compile, prepare_run, to_channels_last
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -34,8 +35,8 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     opt = parse_option(argv)
     device = prepare_run(opt)
-    train_loader, test_loader = build_data(opt, device, instance=False)[:2]
-    model = build_model(opt.model, 100, device)
+    train_loader, test_loader, _ = build_data(opt, device)
+    model = build_model(opt, opt.model, device)
     to_channels_last(opt, model)
     job = Job(opt=opt, kind="teacher", device=device, model=model,
               objective=TeacherObjective(maybe_compile(opt, model)),

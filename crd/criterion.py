@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import torch
@@ -37,6 +38,11 @@ class CRDLoss(nn.Module):
         scores_s, scores_t = self.contrast.log_scores(self.embed_s(f_s), self.embed_t(f_t), idx, contrast_idx)
         return self.criterion_s.from_log(scores_s) + self.criterion_t.from_log(scores_t)
 
+    def snapshot(self, idx: torch.Tensor) -> Callable[[], None]:
+        """ContrastMemory.snapshot: call before a forward with dataset indices ``idx``; the returned function
+        undoes that forward's writes to the memory bank (for a step dropped over a non-finite loss)."""
+        return self.contrast.snapshot(idx)
+
 
 class ContrastLoss(nn.Module):
     """Tian et al., ICLR 2020, Eq. 18: NCE loss with the positive in column 0 and noise Pn = 1/n_data."""
@@ -66,8 +72,9 @@ class ContrastLoss(nn.Module):
 class _PositiveMinusSoftplus(torch.autograd.Function):
     """sum_b s[b, 0] - sum_{b,k} softplus(s[b, k]) for s = logits - offset, (B, K+1) -> scalar.
 
-    exp then log1p in place, and a backward of one sigmoid pass: a third of softplus's autograd cost on a
-    CPU. exp overflows (to an infinite loss) where the original's exp(score / T) does.
+    exp then log1p in place, and a backward of one in-place sigmoid pass: fewer passes over, and fewer
+    allocations of, the (B, K+1) scores than autograd through softplus (timings: BENCHMARKS.md, "CRD memory
+    kernels"). exp overflows (to an infinite loss) where the original's exp(score / T) does.
     """
 
     @staticmethod

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -57,26 +58,46 @@ class LogScores(NamedTuple):
         return (self.logits - self.log_z).exp()
 
 
+class Constants(NamedTuple):
+    """The entries of ContrastMemory's ``params`` buffer, in its order (Z < 0 until the first batch sets it)."""
+
+    K: int  # negatives per positive
+    T: float  # temperature
+    Z_v1: float  # normalisation constant of the student embedding's scores (against the teacher bank)
+    Z_v2: float  # ... of the teacher embedding's scores (against the student bank)
+    momentum: float  # of the bank update
+
+    @classmethod
+    def read(cls, params: torch.Tensor) -> Constants:
+        """The buffer as Python floats (one host sync)."""
+        constants = cls(*params.tolist())
+        return constants._replace(K=int(constants.K))
+
+    @classmethod
+    def slot(cls, name: str) -> int:
+        """Position of the field ``name`` in ``params``."""
+        return cls._fields.index(name)
+
+
 class ContrastMemory(nn.Module):
     """CRD memory bank (Tian et al., ICLR 2020): one momentum-updated embedding per training sample and
     view; the student's bank scores the teacher embedding and vice versa.
 
-    ``params`` = [K, T, Z_v1, Z_v2, momentum] (float32 buffer, Z < 0 until set from the first batch) is
-    read once and cached as Python floats so the forward does not synchronise with the device.
+    ``params`` (float32 buffer, laid out as Constants) is read once and cached as Python floats, so that the
+    forward does not synchronise with the device.
     """
 
     def __init__(self, inputSize: int, outputSize: int, K: int, T: float = 0.07, momentum: float = 0.5):
         super().__init__()
         self.nLem = outputSize
-        self.K = K
         self.multinomial = AliasMethod(torch.ones(outputSize))
         self.register_buffer("params", torch.tensor([K, T, -1, -1, momentum]))
         stdv = 1.0 / math.sqrt(inputSize / 3)
         self.register_buffer("memory_v1", torch.rand(outputSize, inputSize).mul_(2 * stdv).add_(-stdv))
         self.register_buffer("memory_v2", torch.rand(outputSize, inputSize).mul_(2 * stdv).add_(-stdv))
-        self._constants: list[float] | None = None
-        self._copies: dict[str, _BankCopies] = {}  # derived from the banks, not saved
-        self._scratch_buffers: dict[torch.dtype, torch.Tensor] = {}
+        self._constants: Constants | None = None
+        self._transposed: dict[str, _TransposedBank] = {}  # derived from the banks, not saved
+        self._scratch_buffer: torch.Tensor | None = None
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
@@ -94,64 +115,91 @@ class ContrastMemory(nn.Module):
         """forward's outputs for v1 and v2 in log space (the bank is updated the same way). CRDLoss works on
         these, so that no exp, division or subtraction passes over the B x (K+1) scores."""
         if self._constants is None:
-            self._constants = self.params.tolist()
-        K, T, z_v1, z_v2, momentum = self._constants
-        K = int(K)
+            self._constants = Constants.read(self.params)
+        c = self._constants
         batch_size = v1.size(0)
         if idx is None:
-            idx = self.multinomial.draw(batch_size * (K + 1)).view(batch_size, -1)
+            idx = self.multinomial.draw(batch_size * (c.K + 1)).view(batch_size, -1)
             idx[:, 0] = y
-        device = v1.device.type
-        if self.scores_whole_bank(batch_size, K):
+        if self.scores_whole_bank(batch_size, c.K):
             scratch = self._scratch(batch_size, v1.device)
-            bf16 = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16
-            low_scratch = self._scratch(batch_size, v1.device, torch.bfloat16) if bf16 else None
 
             def score(v, name, *rest):
-                bank, copies = getattr(self, name), self._copies.setdefault(name, _BankCopies())
-                copies.sync(bank, bf16)
-                return _WholeBankScores.apply(v, bank, *rest, scratch, low_scratch, copies)
+                bank, transposed = getattr(self, name), self._transposed.setdefault(name, _TransposedBank())
+                transposed.sync(bank)
+                return _WholeBankScores.apply(v, bank, *rest, scratch, transposed)
         else:
             def score(v, name, *rest):
                 return _gathered_scores(v, getattr(self, name), *rest)
         # exp(score / T) with T = 0.07 amplifies low-precision errors: score in float32 even under autocast.
-        with torch.autocast(device, enabled=False):
+        with torch.autocast(v1.device.type, enabled=False):
             v1, v2 = v1.float(), v2.float()
             # Every rank applies every rank's rows, so that all ranks keep the same bank.
             rows_v1, rows_v2, rows = _rows_from_all_ranks(v1, v2, y) if _world_size() > 1 else (v1, v2, y)
-            new_v1 = self._updated_rows(self.memory_v1, rows_v1, rows, momentum)
-            new_v2 = self._updated_rows(self.memory_v2, rows_v2, rows, momentum)
+            new_v1 = self._updated_rows(self.memory_v1, rows_v1, rows, c.momentum)
+            new_v2 = self._updated_rows(self.memory_v2, rows_v2, rows, c.momentum)
             # Each bank scores the other view's embedding with its pre-update rows, then takes its update.
             # 1 / T scales the (B, D) embedding rather than the (B, K+1) scores.
-            logits_v2 = score(v2 / T, "memory_v1", idx, rows, new_v1)  # (B, K+1)
-            logits_v1 = score(v1 / T, "memory_v2", idx, rows, new_v2)
-            if z_v1 < 0:
-                z_v1 = self._set_normalization(2, logits_v1, "Z_v1")
-            if z_v2 < 0:
-                z_v2 = self._set_normalization(3, logits_v2, "Z_v2")
+            logits_v2 = score(v2 / c.T, "memory_v1", idx, rows, new_v1)  # (B, K+1)
+            logits_v1 = score(v1 / c.T, "memory_v2", idx, rows, new_v2)
+            z_v1 = self._set_normalization("Z_v1", logits_v1) if c.Z_v1 < 0 else c.Z_v1
+            z_v2 = self._set_normalization("Z_v2", logits_v2) if c.Z_v2 < 0 else c.Z_v2
             return LogScores(logits_v1, math.log(z_v1)), LogScores(logits_v2, math.log(z_v2))
 
-    def _scratch(self, batch_size: int, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    @torch.no_grad()
+    def snapshot(self, rows: torch.Tensor) -> Callable[[], None]:
+        """Save what a forward with dataset indices ``rows`` (B,) writes; the returned function puts it back.
+
+        For a step dropped after its forward (a non-finite loss): call the returned function instead of the
+        backward (which would refuse the restored bank). Saves the rows of both banks and ``params`` (the
+        first forward sets Z), not whole banks. Under several processes each forward writes every rank's
+        rows, so this gathers the ranks' indices (a collective: every rank calls it, at the same step).
+        """
+        if _world_size() > 1:
+            rows = _from_all_ranks(rows)
+        saved_rows = {name: getattr(self, name).index_select(0, rows) for name in ("memory_v1", "memory_v2")}
+        saved_params, saved_constants = self.params.clone(), self._constants
+
+        @torch.no_grad()
+        def restore() -> None:
+            for name, values in saved_rows.items():
+                self._write_rows(name, rows, values)
+            self.params.copy_(saved_params)
+            self._constants = saved_constants
+
+        return restore
+
+    def _write_rows(self, name: str, rows: torch.Tensor, values: torch.Tensor) -> None:
+        """Rows ``rows`` of bank ``name`` set to ``values``, and of its transposed copy if that is in step (one
+        out of step is rebuilt at its next use)."""
+        transposed = self._transposed.get(name)
+        if transposed is None:
+            getattr(self, name).index_copy_(0, rows, values)
+        else:
+            transposed.write_rows(getattr(self, name), rows, values)
+
+    def _scratch(self, batch_size: int, device: torch.device) -> torch.Tensor:
         """A (B, n) buffer kept across steps for the whole-bank scores and their gradient: on a CPU a fresh
-        13 MB tensor per use costs more in page faults than the arithmetic that fills it."""
-        buffer = self._scratch_buffers.get(dtype)
+        (B, n) tensor per use costs more in page faults than the arithmetic that fills it."""
+        buffer = self._scratch_buffer
         if buffer is None or buffer.shape[0] != batch_size or buffer.device != device:
-            buffer = self._scratch_buffers[dtype] = torch.empty(batch_size, self.nLem, device=device, dtype=dtype)
+            buffer = self._scratch_buffer = torch.empty(batch_size, self.nLem, device=device)
         return buffer
 
     def scores_whole_bank(self, batch_size: int, K: int) -> bool:
         """Score against the whole bank (one (B, n) matmul, then pick the K+1 columns) when that reads
-        fewer rows than gathering the (B, K+1, D) sampled rows: 21x faster at the paper's B=64,
-        K=16384, n=50000 on CPU; gathering stays cheaper for small batches against a large bank."""
+        fewer rows than gathering the (B, K+1, D) sampled rows; gathering stays cheaper for small batches
+        against a large bank. Timings: BENCHMARKS.md, "CRD memory kernels"."""
         return batch_size * (K + 1) >= self.nLem
 
     @torch.no_grad()
-    def _set_normalization(self, slot: int, logits: torch.Tensor, name: str) -> float:
+    def _set_normalization(self, name: str, logits: torch.Tensor) -> float:
         """Z = mean of exp(logits) x n_data, fixed from the first batch (averaged over the ranks when several
         processes train, so all use the same Z) and saved in params for resume."""
+        slot = Constants.slot(name)
         self.params[slot] = _mean_over_ranks(logits.exp().mean()) * self.nLem
         z = self.params[slot].item()
-        self._constants[slot] = z
+        self._constants = self._constants._replace(**{name: z})
         LOG.info(f"normalization constant {name} is set to {z:.1f}")
         return z
 
@@ -179,22 +227,19 @@ class _WholeBankScores(torch.autograd.Function):
 
     The backward needs the bank as the forward read it. Instead of a copy of the bank per step (25 MB at
     n = 50000), the forward keeps the R old rows it overwrites and the backward adds back their change.
-    ``scratch`` (B, n) holds the scores in the forward and their gradient in the backward, and under bf16
-    autocast ``low_scratch`` (B, n) bfloat16 the gradient's copy for its matmul (None otherwise); they may
-    be shared by several instances, as each use rewrites them whole.
+    ``scratch`` (B, n) holds the scores in the forward and their gradient in the backward; it may be shared
+    by several instances, as each use rewrites it whole.
     """
 
     @staticmethod
-    def forward(ctx, v, memory, idx, y, new_rows, scratch, low_scratch, copies):
-        """copies: the bank's _BankCopies, in step with it."""
-        scores = torch.mm(v, copies.transposed, out=scratch).gather(1, idx)  # (B, n) -> (B, K+1)
+    def forward(ctx, v, memory, idx, y, new_rows, scratch, transposed):
+        """transposed: the bank's _TransposedBank, in step with it."""
+        scores = torch.mm(v, transposed.transposed, out=scratch).gather(1, idx)  # (B, n) -> (B, K+1)
         old_rows = memory.index_select(0, y)
-        memory.index_copy_(0, y, new_rows)
-        copies.write_rows(memory, y, new_rows)
+        transposed.write_rows(memory, y, new_rows)
         ctx.save_for_backward(idx, y, old_rows)
         # Not saved for backward: autograd would refuse the in-place update and the buffer's reuse.
-        ctx.memory, ctx.version, ctx.scratch, ctx.low_scratch = memory, memory._version, scratch, low_scratch
-        ctx.bank_for_grad = memory if copies.low is None else copies.low
+        ctx.memory, ctx.version, ctx.scratch = memory, memory._version, scratch
         return scores
 
     @staticmethod
@@ -209,38 +254,34 @@ class _WholeBankScores(torch.autograd.Function):
         repeats = (y[:, None] == y[None, :]).sum(1, keepdim=True)  # (R, 1): a row y may appear several times
         change = (old_rows - memory.index_select(0, y)) / repeats  # (R, D), summed back once per distinct row
         correction = dense.index_select(1, y) @ change
-        if ctx.low_scratch is not None:  # bf16 autocast: the gradient's matmul in bfloat16, like the network's
-            dense = ctx.low_scratch.copy_(dense)
-        return (dense @ ctx.bank_for_grad).float() + correction, None, None, None, None, None, None, None
+        return dense @ memory + correction, None, None, None, None, None, None
 
 
-class _BankCopies:
-    """Copies of one bank for the whole-bank matmuls, kept in step with it: the (D, n) transposed layout,
-    whose product with the (B, D) embeddings runs 1.5x faster on a CPU than the (n, D) bank read transposed,
-    and, under bf16 autocast, a bfloat16 copy for the gradient's matmul (4x faster with AMX; the scores stay
-    float32). Rebuilt when the bank changed other than through write_rows (a loaded state, a device move)."""
+class _TransposedBank:
+    """A (D, n) copy of one bank for the whole-bank scores, kept in step with it: the (B, D) x (D, n) product
+    runs faster on a CPU than the (n, D) bank read transposed (BENCHMARKS.md, "CRD memory kernels").
+    Rebuilt when the bank changed other than through write_rows (a loaded state, a device move)."""
 
     def __init__(self) -> None:
         self.bank: torch.Tensor | None = None
         self.version = -1
         self.transposed: torch.Tensor | None = None  # (D, n) float32
-        self.low: torch.Tensor | None = None  # (n, D) bfloat16, or None
 
-    def sync(self, bank: torch.Tensor, bf16: bool) -> None:
-        if self.bank is not bank or self.version != bank._version:
+    def follows(self, bank: torch.Tensor) -> bool:
+        return self.bank is bank and self.version == bank._version
+
+    def sync(self, bank: torch.Tensor) -> None:
+        if not self.follows(bank):
             self.bank, self.version = bank, bank._version
-            self.transposed, self.low = bank.t().contiguous(), None
-        if not bf16:
-            self.low = None
-        elif self.low is None:
-            self.low = bank.to(torch.bfloat16)
+            self.transposed = bank.t().contiguous()
 
     def write_rows(self, bank: torch.Tensor, y: torch.Tensor, rows: torch.Tensor) -> None:
-        """After bank.index_copy_(0, y, rows): the same rows into the copies."""
-        self.transposed.index_copy_(1, y, rows.t())
-        if self.low is not None:
-            self.low.index_copy_(0, y, rows.to(torch.bfloat16))
-        self.version = bank._version
+        """bank.index_copy_(0, y, rows), and the same rows into the copy while it is in step with the bank."""
+        in_step = self.follows(bank)
+        bank.index_copy_(0, y, rows)
+        if in_step:
+            self.transposed.index_copy_(1, y, rows.t())
+            self.version = bank._version
 
 
 def _world_size() -> int:
@@ -257,6 +298,13 @@ def _mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
     return value / _world_size()
 
 
+def _from_all_ranks(t: torch.Tensor) -> torch.Tensor:
+    """(B, ...) of this rank -> (W*B, ...) of every rank, in rank order (the same B on every rank)."""
+    parts = [torch.empty_like(t) for _ in range(_world_size())]
+    torch.distributed.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
 @torch.no_grad()
 def _rows_from_all_ranks(v1: torch.Tensor, v2: torch.Tensor,
                          y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -266,13 +314,8 @@ def _rows_from_all_ranks(v1: torch.Tensor, v2: torch.Tensor,
     on two ranks: all its copies get the row of its first one, so the update writes the same value
     whichever copy lands last (index_copy_ with repeated indices has no fixed order on CUDA).
     """
-    world = _world_size()
-    both = torch.cat([v1, v2], dim=1).contiguous()  # (B, 2D): one all_gather for both views
-    parts = [torch.empty_like(both) for _ in range(world)]
-    torch.distributed.all_gather(parts, both)
-    indices = [torch.empty_like(y) for _ in range(world)]
-    torch.distributed.all_gather(indices, y.contiguous())
-    both, y = torch.cat(parts), torch.cat(indices)
+    both = _from_all_ranks(torch.cat([v1, v2], dim=1))  # (W*B, 2D): one all_gather for both views
+    y = _from_all_ranks(y)
     first = (y[:, None] == y[None, :]).int().argmax(dim=1)  # (W*B,) first position of the same index
     both = both.index_select(0, first)
     return both[:, :v1.size(1)], both[:, v1.size(1):], y

@@ -19,18 +19,19 @@ from torchvision.datasets.utils import download_and_extract_archive
 from torchvision.datasets.vision import VisionDataset
 
 from dataset.batch import Batch
+from dataset.info import CIFAR100 as CIFAR100_INFO
+from helper.errors import UserError
 
-CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
-CIFAR100_STD = (0.2675, 0.2565, 0.2761)
-NUM_CLASSES = 100
-IMAGE_SHAPE = (3, 32, 32)
+CIFAR100_MEAN, CIFAR100_STD = CIFAR100_INFO.mean, CIFAR100_INFO.std
+NUM_CLASSES = CIFAR100_INFO.num_classes
+IMAGE_SHAPE = CIFAR100_INFO.image_shape
 FOLDER_NAME = "cifar-100-python"
 SPLIT_FILES = ("train", "test", "meta")
 ARCHIVE_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 ARCHIVE_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UserError, RuntimeError):
     """The CIFAR-100 files are missing, unreadable or malformed (the message names the file)."""
 
 
@@ -195,16 +196,11 @@ class CIFAR100InstanceSample(CIFAR100):
 
 
 def train_transform() -> transforms.Compose:
-    return transforms.Compose([
-        transforms.RandomCrop(32, padding=4),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(CIFAR100_MEAN, CIFAR100_STD),
-    ])
+    return CIFAR100_INFO.train_transform()
 
 
 def eval_transform() -> transforms.Compose:
-    return transforms.Compose([transforms.ToTensor(), transforms.Normalize(CIFAR100_MEAN, CIFAR100_STD)])
+    return CIFAR100_INFO.test_transform()
 
 
 class StridedShardSampler(Sampler[int]):

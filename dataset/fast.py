@@ -1,6 +1,8 @@
-"""CIFAR-100 kept on the training device as uint8; each batch is indexed, augmented and normalised there.
+"""A small-image dataset (CIFAR-100) kept on the training device as uint8; each batch is indexed, augmented
+and normalised there.
 
-Same semantics as the torchvision path (RandomCrop(32, padding=4) + RandomHorizontalFlip + Normalize,
+Same semantics as the torchvision path (the description's RandomCrop(H, padding) + RandomHorizontalFlip +
+Normalize,
 fresh shuffle per epoch, last partial batch kept) without PIL or worker processes. All randomness comes
 from generators derived from (seed, epoch, stream), so resuming at epoch e replays epoch e exactly.
 """
@@ -15,10 +17,9 @@ import torch
 from torch import Tensor
 
 from dataset.batch import Batch
-from dataset.cifar100 import CIFAR100_MEAN, CIFAR100_STD
+from dataset.info import DatasetInfo
 from dataset.sampling import ContrastSampler
 
-PAD = 4
 _SHUFFLE_STREAM, _PERCENT_STREAM, _FIRST_AUGMENT_STREAM = 0, 1, 2
 
 
@@ -29,30 +30,29 @@ def derived_generator(device: torch.device | str, *key: int) -> torch.Generator:
 
 
 @functools.lru_cache(maxsize=None)
-def _mean_std(device: torch.device) -> tuple[Tensor, Tensor]:
-    """(1, 3, 1, 1) float32 mean and std on `device`, copied there once."""
-    return (torch.tensor(CIFAR100_MEAN, device=device).view(1, 3, 1, 1),
-            torch.tensor(CIFAR100_STD, device=device).view(1, 3, 1, 1))
+def _mean_std(device: torch.device, mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[Tensor, Tensor]:
+    """(1, C, 1, 1) float32 mean and std on `device`, copied there once."""
+    return (torch.tensor(mean, device=device).view(1, -1, 1, 1), torch.tensor(std, device=device).view(1, -1, 1, 1))
 
 
-def normalize(images: Tensor) -> Tensor:
-    """uint8 (B, 3, H, W) -> float32 normalised, the same float ops as ToTensor + Normalize."""
-    mean, std = _mean_std(images.device)
+def normalize(images: Tensor, info: DatasetInfo) -> Tensor:
+    """uint8 (B, C, H, W) -> float32 normalised, the same float ops as ToTensor + Normalize."""
+    mean, std = _mean_std(images.device, info.mean, info.std)
     return images.float().div_(255).sub_(mean).div_(std)
 
 
-def random_crop_flip(images: Tensor, generator: torch.Generator) -> Tensor:
-    """uint8 (B, C, H, W): per-sample RandomCrop(H, padding=4) with zero fill, then a p=0.5 horizontal flip."""
+def random_crop_flip(images: Tensor, generator: torch.Generator, pad: int) -> Tensor:
+    """uint8 (B, C, H, W): per-sample RandomCrop(H, padding=pad) with zero fill, then a p=0.5 horizontal flip."""
     n, channels, height, width = images.shape
     device = images.device
-    padded = torch.nn.functional.pad(images, (PAD, PAD, PAD, PAD))  # (B, C, H+8, W+8), fill 0 like RandomCrop
-    top = torch.randint(0, 2 * PAD + 1, (n, 1), generator=generator, device=device)
-    left = torch.randint(0, 2 * PAD + 1, (n, 1), generator=generator, device=device)
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))  # (B, C, H+2p, W+2p), 0 fill like RandomCrop
+    top = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator, device=device)
+    left = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator, device=device)
     flip = torch.rand((n, 1), generator=generator, device=device) < 0.5
     rows = top + torch.arange(height, device=device)  # (B, H)
     cols = torch.arange(width, device=device)
     cols = left + torch.where(flip, cols.flip(0), cols)  # (B, W): the flip reads the crop backwards
-    pixels = rows[:, :, None] * (width + 2 * PAD) + cols[:, None, :]  # (B, H, W) offsets into a padded plane
+    pixels = rows[:, :, None] * (width + 2 * pad) + cols[:, None, :]  # (B, H, W) offsets into a padded plane
     crops = padded.flatten(2).gather(2, pixels.view(n, 1, -1).expand(n, channels, -1))
     return crops.view(n, channels, height, width)
 
@@ -69,10 +69,11 @@ def shard(order: Tensor, rank: int, world_size: int) -> Tensor:
 class TensorTrainLoader:
     """Shuffled, augmented training batches from a device-resident uint8 tensor (airbench-style)."""
 
-    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, *, with_indices: bool = True,
-                 contrast: ContrastSampler | None = None, seed: int = 0, rank: int = 0,
+    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, info: DatasetInfo, *,
+                 with_indices: bool = True, contrast: ContrastSampler | None = None, seed: int = 0, rank: int = 0,
                  world_size: int = 1) -> None:
-        self.images = images  # (N, 3, 32, 32) uint8
+        self.images = images  # (N, C, H, W) uint8
+        self.info = info
         self.labels = labels  # (N,) int64, same device
         self.batch_size = batch_size
         self.with_indices = with_indices or contrast is not None
@@ -105,7 +106,8 @@ class TensorTrainLoader:
 
     def _batch(self, indices: Tensor, generator: torch.Generator) -> Batch:
         labels = self.labels.index_select(0, indices)
-        images = normalize(random_crop_flip(self.images.index_select(0, indices), generator))
+        images = random_crop_flip(self.images.index_select(0, indices), generator, self.info.crop_padding)
+        images = normalize(images, self.info)
         contrast_idx = None if self.contrast is None else self.contrast.sample(indices, labels, generator)
         return Batch(images, labels, indices if self.with_indices else None, contrast_idx)
 
@@ -113,8 +115,9 @@ class TensorTrainLoader:
 class TensorTestLoader:
     """Un-augmented test batches in dataset order (this rank's strided share, nothing padded)."""
 
-    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, *, rank: int = 0,
+    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, info: DatasetInfo, *, rank: int = 0,
                  world_size: int = 1) -> None:
+        self.info = info
         self.images = images[rank::world_size]
         self.labels = labels[rank::world_size]
         self.batch_size = batch_size
@@ -125,10 +128,11 @@ class TensorTestLoader:
     def __iter__(self) -> Iterator[Batch]:
         for start in range(0, len(self.labels), self.batch_size):
             end = start + self.batch_size
-            yield Batch(normalize(self.images[start:end]), self.labels[start:end])
+            yield Batch(normalize(self.images[start:end], self.info), self.labels[start:end])
 
 
-def contrast_sampler(labels: Tensor, k: int, mode: str, percent: float, seed: int) -> ContrastSampler:
+def contrast_sampler(labels: Tensor, k: int, mode: str, percent: float, seed: int,
+                     num_classes: int) -> ContrastSampler:
     """The CRD sampler of the tensor path, its percent subsample fixed by `seed`."""
     pool_seed = int(np.random.SeedSequence([seed, _PERCENT_STREAM]).generate_state(1)[0])
-    return ContrastSampler(labels, k, mode, percent, seed=pool_seed)
+    return ContrastSampler(labels, k, mode, percent, num_classes=num_classes, seed=pool_seed)

@@ -8,6 +8,8 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
+from dataset.cifar100 import DatasetError
+
 # Random integers come from [0, 2**62): modulo bias and key ties are below 1e-13, i.e. never observed.
 _KEY_RANGE = 2 ** 62
 
@@ -38,7 +40,7 @@ class ContrastSampler:
     """
 
     def __init__(self, labels: Tensor, k: int, mode: str = "exact", percent: float = 1.0,
-                 num_classes: int = 100, seed: int = 0) -> None:
+                 num_classes: int | None = None, seed: int = 0) -> None:
         if mode not in ("exact", "relax"):
             raise ValueError(f"CRD mode must be 'exact' or 'relax', got {mode!r}")
         if k < 1:
@@ -48,7 +50,7 @@ class ContrastSampler:
         labels = labels.cpu()
         # Dataset indices grouped by class: class c is the block [start[c], start[c] + size[c]).
         self.order = torch.argsort(labels, stable=True).to(device)
-        class_size = torch.bincount(labels, minlength=num_classes)
+        class_size = torch.bincount(labels, minlength=num_classes or 0)  # num_classes None: up to the largest label
         self.class_size = class_size.to(device)
         self.class_start = (torch.cumsum(class_size, 0) - class_size).to(device)
         # Full pools need no table: pool position p of class c is order position p, or p + size[c] past c's block.
@@ -58,7 +60,7 @@ class ContrastSampler:
             generator = torch.Generator().manual_seed(seed)
             order = self.order.cpu()
             pools = []
-            for c in range(num_classes):
+            for c in range(len(class_size)):
                 start, end = int(self.class_start[c]), int(self.class_start[c] + class_size[c])
                 pool = torch.cat([order[:start], order[end:]])
                 pools.append(pool[torch.randperm(len(pool), generator=generator)[:int(len(pool) * percent)]])
@@ -66,7 +68,9 @@ class ContrastSampler:
             self.pools = pad_sequence(pools, batch_first=True, padding_value=-1).to(device)  # (C, max pool)
         present = class_size > 0
         if (pool_size[present] == 0).any():
-            raise ValueError("CRD needs negatives: every class present must leave a non-empty negative pool")
+            raise DatasetError("CRD needs negatives, but the training set holds a single class (or, with a "
+                               "percent subsample, a class whose negative pool is empty); use a dataset with "
+                               "several classes")
         with_replacement = k > pool_size
         self.all_distinct = not with_replacement[present].any()
         self.all_with_replacement = bool(with_replacement[present].all())

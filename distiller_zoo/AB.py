@@ -36,7 +36,7 @@ class ABDistiller(Distiller):
     """AB as an initialisation method: the init stage trains a connector and the student's feature layers
     on pre-activation block outputs; the main stage adds no term (plain CE + KD)."""
 
-    preact = True
+    student_preact = teacher_preact = True
     has_init_stage = True
 
     def __init__(self, opt, feat_s, feat_t):

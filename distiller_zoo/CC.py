@@ -6,7 +6,7 @@ from torch import nn
 
 from models.util import LinearEmbed
 
-from .base import Distiller, pooled, register_distiller
+from .base import Distiller, FlagGroup, MethodError, pooled, register_distiller
 
 
 class Correlation(nn.Module):
@@ -20,6 +20,15 @@ class Correlation(nn.Module):
 @register_distiller("correlation")
 class CCDistiller(Distiller):
     """CC on linear embeddings (``--feat_dim``) of the pooled features."""
+
+    @classmethod
+    def add_arguments(cls, group: FlagGroup) -> None:
+        group.add_argument("--feat_dim", default=128, type=int, help="embedding dimension (CC, CRD)")
+
+    @classmethod
+    def check_options(cls, opt) -> None:
+        if opt.feat_dim <= 0:
+            raise MethodError(f"--feat_dim must be positive, got {opt.feat_dim}")
 
     def __init__(self, opt, feat_s, feat_t):
         super().__init__(opt, feat_s, feat_t)

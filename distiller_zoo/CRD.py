@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import Callable
 
 import torch
 from torch import nn
 
 from crd.criterion import CRDLoss
 
-from .base import Distiller, pooled, register_distiller
+from .base import DataNeeds, Distiller, FlagGroup, MethodError, pooled, register_distiller
 
 
 @register_distiller("crd")
@@ -16,8 +17,31 @@ class CRDDistiller(Distiller):
     """CRD on the pooled features: trainable student/teacher embedding heads and a memory bank
     (a buffer, saved in ``state_dict`` for resume) with one row per training sample (``opt.n_data``)."""
 
+    @classmethod
+    def add_arguments(cls, group: FlagGroup) -> None:
+        group.add_argument("--feat_dim", default=128, type=int, help="embedding dimension (CC, CRD)")
+        group.add_argument("--mode", default="exact", type=str, choices=["exact", "relax"],
+                           help="positive of a sample: itself (exact) or a random sample of its class (relax)")
+        group.add_argument("--nce_k", default=16384, type=int, help="number of negative samples for NCE")
+        group.add_argument("--nce_t", default=0.07, type=float, help="temperature parameter for softmax")
+        group.add_argument("--nce_m", default=0.5, type=float, help="momentum for non-parametric updates")
+
+    @classmethod
+    def check_options(cls, opt) -> None:
+        for flag in ("nce_k", "feat_dim"):
+            if getattr(opt, flag) <= 0:
+                raise MethodError(f"--{flag} must be positive, got {getattr(opt, flag)}")
+
+    @classmethod
+    def data_needs(cls, opt) -> DataNeeds:
+        return DataNeeds(contrast_k=opt.nce_k, contrast_mode=opt.mode)
+
     def __init__(self, opt, feat_s, feat_t):
         super().__init__(opt, feat_s, feat_t)
+        if opt.nce_k >= opt.n_data:
+            raise MethodError(f"--nce_k {opt.nce_k} is too large: CRD draws its negatives from the other samples "
+                              f"of the training set, which holds {opt.n_data} images; use --nce_k below "
+                              f"{opt.n_data} (the paper uses 16384 of CIFAR-100's 50000)")
         crd_opt = SimpleNamespace(s_dim=pooled(feat_s).shape[1], t_dim=pooled(feat_t).shape[1],
                                   feat_dim=opt.feat_dim, nce_k=opt.nce_k, nce_t=opt.nce_t, nce_m=opt.nce_m,
                                   n_data=opt.n_data)
@@ -26,9 +50,17 @@ class CRDDistiller(Distiller):
     def trainable_modules(self) -> list[nn.Module]:
         return [self.crd.embed_s, self.crd.embed_t]
 
+    def snapshot(self, batch) -> Callable[[], None]:
+        """The bank rows a forward on ``batch`` overwrites (not the whole banks)."""
+        return self.crd.snapshot(self._indices(batch))
+
     def forward(self, feat_s, feat_t, logit_s, logit_t, batch) -> torch.Tensor:
+        loss = self.crd(pooled(feat_s), pooled(feat_t), self._indices(batch), batch.contrast_idx)
+        return loss.reshape(())
+
+    @staticmethod
+    def _indices(batch) -> torch.Tensor:
         if batch.indices is None:
             raise ValueError("--distill crd needs the dataset index of every sample (Batch.indices) to "
                              "address its memory bank; use the instance/sample CIFAR-100 loader")
-        loss = self.crd(pooled(feat_s), pooled(feat_t), batch.indices, batch.contrast_idx)
-        return loss.reshape(())
+        return batch.indices

@@ -6,7 +6,7 @@ from torch import nn
 
 from models.util import ConvReg
 
-from .base import Distiller, pair_name, register_distiller
+from .base import Distiller, FlagGroup, MethodError, pair_name, register_distiller
 
 
 class HintLoss(nn.Module):
@@ -24,12 +24,17 @@ class HintLoss(nn.Module):
 class HintDistiller(Distiller):
     """FitNets: a ConvReg maps the student's ``--hint_layer`` feature onto the teacher's."""
 
+    @classmethod
+    def add_arguments(cls, group: FlagGroup) -> None:
+        group.add_argument("--hint_layer", default=2, type=int, choices=[0, 1, 2, 3, 4],
+                           help="which feature map gives the hint (0 = the stem's output)")
+
     def __init__(self, opt, feat_s, feat_t):
         super().__init__(opt, feat_s, feat_t)
         self.hint_layer = opt.hint_layer
         n_maps = min(len(feat_s), len(feat_t)) - 1  # the last feature is the pooled vector
         if not 0 <= self.hint_layer < n_maps:
-            raise ValueError(
+            raise MethodError(
                 f"--hint_layer {self.hint_layer} must select a 4-D feature map: {pair_name(opt)} have "
                 f"{len(feat_s)} and {len(feat_t)} features of which the last is the pooled vector, so "
                 f"use --hint_layer between 0 and {n_maps - 1}")

@@ -26,6 +26,7 @@ class KDDistiller(Distiller):
     """Plain KD: the KL term (``-a/--alpha``) is computed by the loop for every method; no extra term."""
 
     uses_features = False
+    has_term = False
 
     def forward(self, feat_s, feat_t, logit_s, logit_t, batch) -> torch.Tensor:
         return logit_s.new_zeros(())

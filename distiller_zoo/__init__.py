@@ -1,23 +1,23 @@
 """Distillation losses (original names) and the ``--distill`` method registry.
 
-Importing the package imports every method file, so ``DISTILLERS`` is complete.
+Importing the package imports every module in this folder, so ``DISTILLERS`` holds every method and the
+losses keep the original's import path (``from distiller_zoo import DistillKL``): a new method is one file.
 """
-from .AB import ABLoss
-from .AT import Attention
-from . import CRD  # noqa: F401  (registers --distill crd; the loss itself lives in crd/)
-from .base import DISTILLERS, Distiller, build_distiller, register_distiller
-from .CC import Correlation
-from .FitNet import HintLoss
-from .FSP import FSP
-from .FT import FactorTransfer
-from .KD import DistillKL
-from .KDSVD import KDSVD
-from .NST import NSTLoss
-from .PKT import PKT
-from .RKD import RKDLoss
-from .SP import Similarity
-from .VID import VIDLoss
+import importlib
+import inspect
+import pkgutil
 
-__all__ = ["ABLoss", "Attention", "Correlation", "DISTILLERS", "DistillKL", "Distiller",
-           "FSP", "FactorTransfer", "HintLoss", "KDSVD", "NSTLoss", "PKT", "RKDLoss", "Similarity", "VIDLoss",
-           "build_distiller", "register_distiller"]
+from .base import (DISTILLERS, DataNeeds, Distiller, MethodError, add_method_arguments, build_distiller,
+                   register_distiller)
+
+__all__ = ["DISTILLERS", "DataNeeds", "Distiller", "MethodError", "add_method_arguments", "build_distiller",
+           "register_distiller"]
+
+for _info in pkgutil.iter_modules(__path__):
+    _module = importlib.import_module(f"{__name__}.{_info.name}")
+    # Export the classes each method file defines (the original's loss classes among them).
+    for _name, _value in vars(_module).items():
+        if (inspect.isclass(_value) and _value.__module__ == _module.__name__ and not _name.startswith("_")
+                and _name not in __all__):
+            globals()[_name] = _value
+            __all__.append(_name)

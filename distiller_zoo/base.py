@@ -2,17 +2,35 @@
 
 A method owns its extra modules (as sub-modules, so ``state_dict`` saves them), says which of them
 train with the student and which stay frozen, computes its loss term, and may define an init stage.
-The training loop knows nothing else about methods.
+It also declares its command-line flags, what it needs from the data (CRD: contrast indices) and which
+features it reads. The training loop knows nothing else about methods.
 """
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Callable, ClassVar
 
 import torch
 from torch import nn
 
+from dataset.info import DATASETS
+from helper.errors import UserError
+
 DISTILLERS: dict[str, type["Distiller"]] = {}
+
+
+class MethodError(UserError, ValueError):
+    """A method cannot run as asked (a flag out of range, a teacher/student pair it cannot compare)."""
+
+
+@dataclass(frozen=True)
+class DataNeeds:
+    """What a method needs in each training batch beyond images, labels and dataset indices."""
+
+    contrast_k: int | None = None  # CRD: this many negatives per sample (Batch.contrast_idx)
+    contrast_mode: str = "exact"  # CRD: the positive is the sample itself ('exact') or one of its class
 
 # A model's ``is_feat=True`` list: 4-D maps (B, C, H, W) from the stem on, then the pooled (B, C) vector.
 Features = Sequence[torch.Tensor]
@@ -57,7 +75,7 @@ def register_distiller(name: str) -> Callable[[type["Distiller"]], type["Distill
 
     def add(cls: type["Distiller"]) -> type["Distiller"]:
         if name in DISTILLERS:
-            raise ValueError(f"distillation method {name!r} registered twice")
+            raise TypeError(f"distillation method {name!r} registered twice")
         cls.name = name
         DISTILLERS[name] = cls
         return cls
@@ -68,17 +86,43 @@ def register_distiller(name: str) -> Callable[[type["Distiller"]], type["Distill
 class Distiller(nn.Module):
     """Base class: the method term of ``loss = gamma*CE + alpha*KL + beta*term``.
 
-    ``feat_s``/``feat_t`` given to ``__init__`` are the feature lists of a dummy forward of a
-    (2, 3, 32, 32) batch (as the original infers shapes); ``opt`` is the parsed options namespace.
+    ``feat_s``/``feat_t`` given to ``__init__`` are the feature lists of a dummy forward of a batch of two
+    images of the dataset's shape (as the original infers shapes); ``opt`` is the parsed options namespace.
     """
 
     name: ClassVar[str] = ""
     uses_features: ClassVar[bool] = True  # False: the loop skips building feature lists
-    preact: ClassVar[bool] = False  # True: forward both nets with preact=True (AB)
+    student_preact: ClassVar[bool] = False  # True: the student's features are taken before the ReLU (AB)
+    teacher_preact: ClassVar[bool] = False  # True: the teacher's features are taken before the ReLU (AB)
     has_init_stage: ClassVar[bool] = False  # AB, FT, FSP
+    has_term: ClassVar[bool] = True  # False: no loss term of its own, so -b/--beta is optional (KD)
 
     def __init__(self, opt, feat_s: list[torch.Tensor], feat_t: list[torch.Tensor]):
         super().__init__()
+        self.epoch = 1  # the current training epoch, 1-based (set_epoch)
+
+    # Declarations read before the method is built.
+    @classmethod
+    def add_arguments(cls, group: "FlagGroup") -> None:
+        """Add the method's command-line flags (listed under its name in ``train_student.py --help``)."""
+
+    @classmethod
+    def check_options(cls, opt) -> None:
+        """Refuse impossible flag values with a MethodError naming the flag."""
+
+    @classmethod
+    def data_needs(cls, opt) -> DataNeeds:
+        return DataNeeds()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the loop before every epoch of the main stage (1-based), for warm-ups."""
+        self.epoch = epoch
+
+    def snapshot(self, batch) -> Callable[[], None]:
+        """Save what a forward on ``batch`` may change outside autograd (buffers); the returned function puts
+        it back (--skip_nonfinite undoes a bad batch). Methods with large buffers save only what ``batch``
+        touches."""
+        return snapshot_buffers(self)
 
     def trainable_modules(self) -> list[nn.Module]:
         """Extra modules optimised together with the student in the main stage."""
@@ -115,14 +159,14 @@ class Distiller(nn.Module):
     def require_same_depth(self, opt, feat_s: Features, feat_t: Features) -> None:
         """Layer-wise methods pair the i-th student feature with the i-th teacher feature."""
         if len(feat_s) != len(feat_t):
-            raise ValueError(
+            raise MethodError(
                 f"--distill {self.name} compares features layer by layer, but {pair_name(opt)} return "
                 f"{len(feat_s)} and {len(feat_t)} features; use models with the same number of stages, "
                 f"or a method on the final features (e.g. kd, crd, pkt, rkd, similarity, correlation)")
 
     def require_same_channels(self, opt, feat_s: Features, feat_t: Features, why: str) -> None:
         if channels(feat_s) != channels(feat_t):
-            raise ValueError(
+            raise MethodError(
                 f"--distill {self.name} needs equal channel counts at every compared layer ({why}), but "
                 f"{pair_name(opt)} have {channels(feat_s)} and {channels(feat_t)}; choose a pair of the "
                 f"same width (e.g. resnet32x4 -> resnet8x4) or another --distill method")
@@ -138,12 +182,13 @@ def _restore_modes(model: nn.Module, modes: list[bool]) -> None:
 
 
 def build_distiller(opt, model_s: nn.Module, model_t: nn.Module) -> Distiller:
-    """Instantiate ``DISTILLERS[opt.distill]`` from the feature shapes of a dummy (2, 3, 32, 32) batch."""
+    """Instantiate ``DISTILLERS[opt.distill]`` from the feature shapes of a dummy batch of two images of
+    ``opt.dataset``'s shape."""
     if opt.distill not in DISTILLERS:
-        raise ValueError(f"unknown --distill {opt.distill!r}; valid names: {', '.join(sorted(DISTILLERS))}")
+        raise MethodError(f"unknown --distill {opt.distill!r}; valid names: {', '.join(sorted(DISTILLERS))}")
     device = next(model_s.parameters()).device
     # Drawn from the global CPU generator like the original, so later RNG consumers see the same state.
-    data = torch.randn(2, 3, 32, 32).to(device)
+    data = torch.randn(2, *DATASETS[opt.dataset].image_shape).to(device)
     modes_s, modes_t = _modes(model_s), _modes(model_t)
     model_t.eval()
     model_s.eval()
@@ -155,3 +200,40 @@ def build_distiller(opt, model_s: nn.Module, model_t: nn.Module) -> Distiller:
         _restore_modes(model_s, modes_s)
         _restore_modes(model_t, modes_t)
     return DISTILLERS[opt.distill](opt, feat_s, feat_t).to(device)
+
+
+def snapshot_buffers(*modules: nn.Module) -> Callable[[], None]:
+    """Copies of every buffer of ``modules`` (BatchNorm statistics and counters); calling the result puts
+    them back in place."""
+    buffers = {id(b): b for module in modules for b in module.buffers()}  # a module may hold another's
+    saved = [(buffer, buffer.clone()) for buffer in buffers.values()]
+
+    def restore() -> None:
+        with torch.no_grad():
+            for buffer, copy in saved:
+                buffer.copy_(copy)
+
+    return restore
+
+
+class FlagGroup:
+    """A method's argument group. Methods may share a flag (CC and CRD both use --feat_dim): the second
+    declaration of a flag is accepted when it has the same default, and listed under the first method."""
+
+    def __init__(self, parser: argparse.ArgumentParser, title: str):
+        self.parser = parser
+        self.group = parser.add_argument_group(title)  # listed in --help only when it holds a flag
+
+    def add_argument(self, *names: str, **kwargs) -> None:
+        existing = [self.parser._option_string_actions[n] for n in names if n in self.parser._option_string_actions]
+        if existing:
+            if existing[0].default != kwargs.get("default"):
+                raise TypeError(f"method flag {names[0]} declared twice with different defaults")
+            return
+        self.group.add_argument(*names, **kwargs)
+
+
+def add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every registered method's flags, one group per method."""
+    for name, cls in DISTILLERS.items():
+        cls.add_arguments(FlagGroup(parser, f"--distill {name}"))

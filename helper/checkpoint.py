@@ -11,13 +11,15 @@ from typing import Any, BinaryIO, Callable
 import torch
 from torch import nn
 
+from helper.errors import UserError
+
 
 # How torch's weights_only unpickler words a refusal to build or call an arbitrary object.
 _NEEDS_CODE = ("Unsupported global", "unsupported GLOBAL", "Trying to call reduce", "Can only create new object",
                "Can only build")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be read or does not fit its architecture (message says why)."""
 
 
@@ -174,3 +176,14 @@ def write_json_atomic(data: dict, path: str | os.PathLike) -> None:
     """Write JSON through a temporary file + rename, so readers never see half a file."""
     text = json.dumps(data, indent=2, sort_keys=True) + "\n"
     _write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def ensure_writable(folder: str | os.PathLike) -> None:
+    """Create ``folder`` and check that a file can be written in it."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UserError(f"output folder {folder} is not writable ({e.strerror}); choose another "
+                        f"--save_root or fix its permissions") from None

@@ -13,17 +13,19 @@ import datetime
 import inspect
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from helper.errors import UserError
+from helper.loops import StepOutput
 from helper.util import LOG
 
 
-class DistributedError(RuntimeError):
+class DistributedError(UserError, RuntimeError):
     """The process group cannot be formed or used as asked (the message names the flag to change)."""
 
 
@@ -56,25 +58,45 @@ def torchrun_env() -> tuple[int, int, int] | None:
                                "the scripts with torchrun (python -m torch.distributed.run)") from None
 
 
-def rank_device(device: str, local_rank: int) -> str:
-    """This rank's device: ``--device cpu`` is kept, CUDA becomes cuda:LOCAL_RANK (one GPU per process)."""
-    requested = torch.device(device)
-    if requested.type != "cuda":
+def choose_device(requested: str | None, local_rank: int | None = None) -> torch.device:
+    """The device this process trains on, always with an index when it is a GPU.
+
+    ``requested`` is ``--device``: None picks CUDA when it is available, else the CPU. A CUDA device without
+    an index (None or ``cuda``) becomes ``cuda:LOCAL_RANK`` under torchrun (``local_rank``, one GPU per
+    process) and ``cuda:<current device>`` otherwise; ``cuda:i`` is kept (under torchrun only ``i ==
+    LOCAL_RANK``). ``torch.cuda.set_device`` and NCCL need the index.
+    """
+    cuda = torch.cuda.is_available()
+    if requested is None:
+        requested = "cuda" if cuda else "cpu"
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise UserError(f"--device {requested!r} is not a device name (e.g. cpu, cuda, cuda:1)") from None
+    if device.type != "cuda":
         return device
-    if requested.index is not None and requested.index != local_rank:
-        raise DistributedError(f"--device {device} would put several processes on one GPU; under torchrun "
-                               f"leave --device out (or pass --device cuda): each process uses cuda:LOCAL_RANK")
+    if not cuda:
+        raise UserError(f"--device {requested}: CUDA is not available on this machine (use --device cpu)")
     count = torch.cuda.device_count()
-    if local_rank >= count:
-        raise DistributedError(f"LOCAL_RANK {local_rank} has no GPU: {count} CUDA device(s) visible; start at "
-                               f"most {count} processes per machine (--nproc_per_node {count})")
-    return f"cuda:{local_rank}"
+    if local_rank is not None:
+        if device.index is not None and device.index != local_rank:
+            raise DistributedError(f"--device {requested} would put several processes on one GPU; under torchrun "
+                                   f"leave --device out (or pass --device cuda): each process uses "
+                                   f"cuda:LOCAL_RANK")
+        if local_rank >= count:
+            raise DistributedError(f"LOCAL_RANK {local_rank} has no GPU: {count} CUDA device(s) visible; start "
+                                   f"at most {count} processes per machine (--nproc_per_node {count})")
+        return torch.device("cuda", local_rank)
+    index = torch.cuda.current_device() if device.index is None else device.index
+    if index >= count:
+        raise UserError(f"--device {requested}: only {count} CUDA device(s) visible (cuda:0 to cuda:{count - 1})")
+    return torch.device("cuda", index)
 
 
 def init_distributed(opt) -> None:
     """Join torchrun's process group when started by it with several processes.
 
-    Sets ``opt.rank``, ``opt.world_size``, ``opt.is_main`` and this rank's ``opt.device``, and gives every
+    Sets ``opt.rank``, ``opt.world_size``, ``opt.is_main``, and gives every
     rank rank 0's ``opt.seed`` (a seed drawn at random differs per process, the data shards must not).
     """
     opt.rank, opt.world_size, opt.is_main = 0, 1, True
@@ -87,10 +109,7 @@ def init_distributed(opt) -> None:
     if getattr(opt, "skip_nonfinite", False):
         raise DistributedError("--skip_nonfinite is not supported with several processes: a batch skipped on "
                                "one rank only would desynchronise the gradient all-reduce")
-    opt.device = rank_device(opt.device, local_rank)
-    device = torch.device(opt.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    device = torch.device(opt.device)  # cuda:LOCAL_RANK (choose_device), already made current
     try:
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=this_rank,
@@ -219,12 +238,13 @@ class DistributedObjective:
         self.ddp = DistributedDataParallel(_Step(objective, modules), static_graph=unused_parameters,
                                            **_no_buffer_sync_per_forward())
 
-    def set_modes(self) -> None:
-        self.objective.set_modes()
+    def begin_epoch(self, epoch: int) -> None:
+        self.objective.begin_epoch(epoch)
+
+    def snapshot(self, batch) -> Callable[[], None]:
+        return self.objective.snapshot(batch)
 
     def __call__(self, batch):
-        from helper.loops import StepOutput
-
         loss, logits, terms = self.ddp(batch)
         return StepOutput(loss, logits, terms)
 

@@ -8,15 +8,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from helper.checkpoint import (CheckpointError, load_checkpoint, save_atomic, state_dict_mismatch,
-                               write_json_atomic)
+from helper.checkpoint import (CheckpointError, ensure_writable, load_checkpoint, save_atomic,
+                               state_dict_mismatch, write_json_atomic)
 from helper.distributed import (average_buffers, broadcast_state, gather_objects, parallel,
                                 rank_rng_state)
-from helper.loops import grad_scaler, train_epoch, validate
+from helper.loops import EpochResult, grad_scaler, train_epoch, validate
 from helper.objectives import InitObjective
-from helper.options import options_dict
-from helper.setup import ensure_writable
-from helper.util import LOG, adjust_learning_rate, rng_state, set_rng_state
+from helper.util import LOG, adjust_learning_rate, options_dict, rng_state, set_rng_state
 
 STATE_FILE = "state.pth"
 PREVIOUS_STATE_FILE = "state.prev.pth"  # the state before the latest: the fallback if state.pth is damaged
@@ -46,7 +44,7 @@ class TensorBoard:
     def __init__(self, folder: str | None):
         self.writer = None
         if folder is not None:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only where it writes
 
             self.writer = SummaryWriter(log_dir=folder, flush_secs=2)
 
@@ -150,18 +148,17 @@ def load_resume_state(job: Job) -> tuple[Path, dict] | None:
     return None
 
 
-def save_state(job: Job, progress: Progress, optimizer, init_optimizer, rng: list[dict] | None = None,
-               scaler: torch.amp.GradScaler | None = None) -> None:
+def save_state(job: Job, progress: Progress, optimizers: "Optimizers", rng: list[dict] | None = None) -> None:
     """``rng``: every rank's RNG state (gather_objects), saved so that each rank of a resumed run goes on
-    with its own; None: this process's. ``scaler``: the float16 loss scaler, whose scale took the run's
+    with its own; None: this process's. The float16 loss scaler is saved too: its scale took the run's
     whole history to settle."""
     state = {
         "kind": job.kind,
         "model": job.model.state_dict(),
         "distiller": job.distiller.state_dict() if job.distiller is not None else None,
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "init_optimizer": init_optimizer.state_dict() if init_optimizer is not None else None,
-        "scaler": scaler.state_dict() if scaler is not None else None,
+        "optimizer": optimizers.main.state_dict(),
+        "init_optimizer": optimizers.init.state_dict() if optimizers.init is not None else None,
+        "scaler": optimizers.scaler.state_dict() if optimizers.scaler is not None else None,
         "progress": progress.state_dict(),
         "rng": rng_state() if rng is None else rng[0],
         "rng_ranks": rng if rng is not None and len(rng) > 1 else None,
@@ -172,8 +169,8 @@ def save_state(job: Job, progress: Progress, optimizer, init_optimizer, rng: lis
 
 
 def load_state(job: Job, path: Path) -> dict:
-    try:
-        state = load_checkpoint(path, map_location=job.device)
+    try:  # on the CPU: load_state_dict copies to each module's device; the RNG states must stay CPU tensors
+        state = load_checkpoint(path, map_location="cpu")
     except CheckpointError as e:
         raise CheckpointError(f"cannot resume: {e}") from None
     if state.get("kind") != job.kind or "progress" not in state:
@@ -213,114 +210,144 @@ def write_results(job: Job, progress: Progress, finished: bool) -> None:
     write_json_atomic(data, Path(opt.save_folder) / "results.json")
 
 
+@dataclass
+class Optimizers:
+    main: torch.optim.SGD
+    init: torch.optim.SGD | None  # the init stage's (AB, FT, FSP), else None
+    scaler: torch.amp.GradScaler | None  # float16 autocast only
+
+
+@dataclass
+class Validation:
+    top1: float
+    top5: float
+    loss: float
+
+
+class EpochEnd:
+    """What every epoch ends with, init stage or main stage: timing, logs, the state file and (main stage)
+    the original's checkpoints and results.json. ``started`` is the epoch's start (perf_counter)."""
+
+    def __init__(self, job: Job, progress: Progress, optimizers: Optimizers, tb: TensorBoard):
+        self.job, self.progress, self.optimizers, self.tb = job, progress, optimizers, tb
+
+    def __call__(self, stage: str, epoch: int, result: EpochResult, started: float,
+                 test: Validation | None = None) -> None:
+        job, progress = self.job, self.progress
+        if stage == "init":
+            progress.init_epochs_done = epoch
+            self.tb.log("init_train_loss", result.loss, epoch)
+        else:
+            self.tb.log("train_acc", result.top1, epoch)
+            self.tb.log("train_loss", result.loss, epoch)
+            self.tb.log("learning_rate", self.optimizers.main.param_groups[0]["lr"], epoch)
+            for name, value in result.terms.items():
+                self.tb.log(f"loss/{name}", value, epoch)
+            self.tb.log("test_acc", test.top1, epoch)
+            self.tb.log("test_acc_top5", test.top5, epoch)
+            self.tb.log("test_loss", test.loss, epoch)
+            progress.epochs_done = epoch
+            progress.last = {"top1": test.top1, "top5": test.top5}
+        improved = test is not None and test.top1 > progress.best_acc
+        if improved:
+            progress.best_acc, progress.best_epoch = test.top1, epoch
+        progress.wall_time += time.perf_counter() - started
+        rng = gather_objects(rng_state())  # every rank takes part
+        if job.is_main:
+            if test is not None:
+                save_epoch_checkpoints(job, self.optimizers.main, epoch, test.top1, improved)
+            save_state(job, progress, self.optimizers, rng)
+            if test is not None:
+                write_results(job, progress, finished=False)
+
+
 def run(job: Job) -> Progress:
     """Train ``job.model`` to the end (or from a saved state), writing the original's files."""
     opt, device = job.opt, job.device
     progress = Progress()
     broadcast_state(job.model, job.distiller)  # several processes: each built them from its own seed
-    optimizer = make_optimizer(main_parameters(job), opt.learning_rate, opt)
-    scaler = grad_scaler(device, getattr(opt, "amp", False))  # float16 autocast only (GPUs without bf16)
     init_objective = None
-    init_optimizer = None
     if job.distiller is not None and job.distiller.has_init_stage and opt.init_epochs > 0:
         init_objective = InitObjective(job.model, job.teacher, job.distiller)
-        init_optimizer = make_optimizer(init_objective.modules.parameters(),
-                                        job.distiller.init_learning_rate(opt), opt)
-
-    resumed = load_resume_state(job)
-    if resumed is not None:
-        resume_path, state = resumed
-        progress.load_state_dict(state["progress"])
-        if state.get("optimizer") is not None:
-            optimizer.load_state_dict(state["optimizer"])
-            use_fast_sgd(optimizer)
-        if init_optimizer is not None and state.get("init_optimizer") is not None:
-            init_optimizer.load_state_dict(state["init_optimizer"])
-            use_fast_sgd(init_optimizer)
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        set_rng_state(rank_rng_state(state))
-        LOG.info(f"==> resumed from {resume_path}: init epochs done {progress.init_epochs_done}, "
-                 f"epochs done {progress.epochs_done}/{opt.epochs}")
+    optimizers = Optimizers(
+        main=make_optimizer(main_parameters(job), opt.learning_rate, opt),
+        init=None if init_objective is None else make_optimizer(init_objective.modules.parameters(),
+                                                                 job.distiller.init_learning_rate(opt), opt),
+        scaler=grad_scaler(device, getattr(opt, "amp", False)))
+    resume(job, progress, optimizers)
 
     # Every input is checked by now: only from here on is anything written.
     if job.is_main:
         for folder in (opt.save_folder, opt.tb_folder):
             ensure_writable(folder)
     tb = TensorBoard(opt.tb_folder if job.is_main else None)
+    end_epoch = EpochEnd(job, progress, optimizers, tb)
     if init_objective is not None and progress.init_epochs_done < opt.init_epochs:
         LOG.info(f"==> init stage of {opt.distill}: {opt.init_epochs} epochs at lr "
-                 f"{init_optimizer.param_groups[0]['lr']}")
+                 f"{optimizers.init.param_groups[0]['lr']}")
         init_step = parallel(init_objective, init_objective.modules, opt, unused_parameters=True)
         for epoch in range(progress.init_epochs_done + 1, opt.init_epochs + 1):
-            t0 = time.perf_counter()
+            started = time.perf_counter()
             job.train_loader.set_epoch(-epoch)  # init epochs get their own shuffles
-            result = train_epoch(epoch, job.train_loader, init_step, init_optimizer, opt, device,
-                                 stage="init", scaler=scaler)
+            result = train_epoch(epoch, job.train_loader, init_step, optimizers.init, opt, device,
+                                 stage="init", scaler=optimizers.scaler)
             average_buffers(init_objective.modules)
-            tb.log("init_train_loss", result.loss, epoch)
-            progress.init_epochs_done = epoch
-            progress.wall_time += time.perf_counter() - t0
             LOG.info(f"Epoch: [{epoch}]\t init_train_loss {result.loss:.3f}\t time {result.seconds:.1f}s")
-            rng = gather_objects(rng_state())
-            if job.is_main:
-                save_state(job, progress, optimizer, init_optimizer, rng, scaler)
+            end_epoch("init", epoch, result, started)
 
     if job.kind == "student" and progress.teacher_acc is None:
         teacher_acc, _, _ = validate(job.test_loader, job.teacher, device, opt, job.reduce)
         progress.teacher_acc = teacher_acc
         LOG.info(f"teacher accuracy: {teacher_acc:.3f}")
 
-    total_epochs = opt.epochs
     run_start_epoch = progress.epochs_done + 1
+    if progress.epochs_done:
+        LOG.info(f"==> continuing at epoch {run_start_epoch}/{opt.epochs}")
     run_start_time = time.perf_counter()
     objective = parallel(job.objective, main_modules(job), opt)
-    for epoch in range(run_start_epoch, total_epochs + 1):
-        t0 = time.perf_counter()
-        lr = adjust_learning_rate(epoch, opt, optimizer)
+    for epoch in range(run_start_epoch, opt.epochs + 1):
+        started = time.perf_counter()
+        lr = adjust_learning_rate(epoch, opt, optimizers.main)
         LOG.info("==> training...")
         job.train_loader.set_epoch(epoch)
-        result = train_epoch(epoch, job.train_loader, objective, optimizer, opt, device, scaler=scaler)
+        result = train_epoch(epoch, job.train_loader, objective, optimizers.main, opt, device,
+                             scaler=optimizers.scaler)
         average_buffers(*main_modules(job))  # so that every rank validates (and rank 0 saves) one model
-        train_time = time.perf_counter() - t0
-        LOG.info(f"epoch {epoch}, total time {train_time:.2f}")
-        tb.log("train_acc", result.top1, epoch)
-        tb.log("train_loss", result.loss, epoch)
-        tb.log("learning_rate", lr, epoch)
-        for name, value in result.terms.items():
-            tb.log(f"loss/{name}", value, epoch)
-
-        test_acc, test_top5, test_loss = validate(job.test_loader, job.model, device, opt, job.reduce)
-        tb.log("test_acc", test_acc, epoch)
-        tb.log("test_acc_top5", test_top5, epoch)
-        tb.log("test_loss", test_loss, epoch)
-        progress.epochs_done = epoch
-        progress.last = {"top1": test_acc, "top5": test_top5}
-        progress.wall_time += time.perf_counter() - t0
-        improved = test_acc > progress.best_acc
-        if improved:
-            progress.best_acc, progress.best_epoch = test_acc, epoch
-        rng = gather_objects(rng_state())
-        if job.is_main:
-            save_epoch_checkpoints(job, optimizer, epoch, test_acc, improved)
-            save_state(job, progress, optimizer, init_optimizer, rng, scaler)
-            write_results(job, progress, finished=False)
-        done = epoch - run_start_epoch + 1
-        elapsed = time.perf_counter() - run_start_time
-        eta = elapsed / done * (total_epochs - epoch)
+        LOG.info(f"epoch {epoch}, total time {time.perf_counter() - started:.2f}")
+        test = Validation(*validate(job.test_loader, job.model, device, opt, job.reduce))
+        end_epoch("main", epoch, result, started, test)
+        eta = (time.perf_counter() - run_start_time) / (epoch - run_start_epoch + 1) * (opt.epochs - epoch)
         ips = result.images / max(result.seconds, 1e-9)
-        LOG.info(f"==> epoch {epoch}/{total_epochs}: {time.perf_counter() - t0:.1f}s, {ips:.0f} images/s, "
-                 f"test acc {test_acc:.2f} (best {progress.best_acc:.2f}), lr {lr:g}, ETA {_format_eta(eta)}")
+        LOG.info(f"==> epoch {epoch}/{opt.epochs}: {time.perf_counter() - started:.1f}s, {ips:.0f} images/s, "
+                 f"test acc {test.top1:.2f} (best {progress.best_acc:.2f}), lr {lr:g}, ETA {_format_eta(eta)}")
 
     LOG.info(f"best accuracy: {progress.best_acc:.3f}")
     if job.is_main:
         last = {"opt": options_dict(opt), "model": job.model.state_dict()}
         if job.kind == "teacher":
-            last["optimizer"] = optimizer.state_dict()
+            last["optimizer"] = optimizers.main.state_dict()
         save_atomic(last, Path(opt.save_folder) / f"{job.model_name}_last.pth")
         write_results(job, progress, finished=True)
     tb.close()
     return progress
+
+
+def resume(job: Job, progress: Progress, optimizers: Optimizers) -> None:
+    """Under --resume, load the saved state into the models, ``progress``, the optimizers and the RNGs."""
+    resumed = load_resume_state(job)
+    if resumed is None:
+        return
+    resume_path, state = resumed
+    progress.load_state_dict(state["progress"])
+    for optimizer, key in ((optimizers.main, "optimizer"), (optimizers.init, "init_optimizer")):
+        if optimizer is not None and state.get(key) is not None:
+            optimizer.load_state_dict(state[key])
+            use_fast_sgd(optimizer)
+    if optimizers.scaler is not None and state.get("scaler"):
+        optimizers.scaler.load_state_dict(state["scaler"])
+    set_rng_state(rank_rng_state(state))
+    LOG.info(f"==> resumed from {resume_path}: init epochs done {progress.init_epochs_done}, "
+             f"epochs done {progress.epochs_done}/{job.opt.epochs}")
 
 
 def save_epoch_checkpoints(job: Job, optimizer, epoch: int, test_acc: float, improved: bool) -> None:

@@ -13,10 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from dataset.batch import Batch
+from helper.errors import UserError
 from helper.util import LOG, AverageMeter, accuracy
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """Training produced a NaN/inf loss; the message names the epoch, iteration and loss term."""
 
 
@@ -28,9 +29,12 @@ class StepOutput:
 
 
 class Objective(Protocol):
-    """What one stage optimises: sets train/eval modes once per epoch, computes a batch's loss."""
+    """What one stage optimises: sets train/eval modes (and the epoch) once per epoch, computes a batch's
+    loss, and saves what a forward changes outside autograd so that a skipped batch can be undone."""
 
-    def set_modes(self) -> None: ...
+    def begin_epoch(self, epoch: int) -> None: ...
+
+    def snapshot(self, batch: Batch) -> Callable[[], None]: ...
 
     def __call__(self, batch: Batch) -> StepOutput: ...
 
@@ -91,7 +95,7 @@ def train_epoch(epoch: int, loader: Iterable[Batch], objective: Objective, optim
                 scaler: torch.amp.GradScaler | None = None,
                 on_batch_end: Callable[[int], None] | None = None) -> EpochResult:
     """Train one epoch; print the original's per-``print_freq`` line; return epoch averages."""
-    objective.set_modes()
+    objective.begin_epoch(epoch)
     batch_time, data_time = AverageMeter(), AverageMeter()
     losses, top1, top5 = AverageMeter(), AverageMeter(), AverageMeter()
     terms: dict[str, AverageMeter] = {}
@@ -106,13 +110,18 @@ def train_epoch(epoch: int, loader: Iterable[Batch], objective: Objective, optim
         n = len(batch)
         if mark_cuda_graph_step:  # a new iteration: the graphs may reuse the memory of the last step's outputs
             torch.compiler.cudagraph_mark_step_begin()
+        # --skip_nonfinite: what the forward writes outside autograd (BatchNorm statistics, CRD bank rows)
+        # is saved first, so that a bad batch leaves no trace.
+        undo = objective.snapshot(batch) if check_every_step else None
         with autocast_context(device, getattr(opt, "amp", False)):
             out = objective(batch)
-        if check_every_step:
+        if undo is not None:
             bad = _first_nonfinite(out)
             if bad is not None:
                 skipped += 1
-                LOG.warning(f"epoch {epoch} iter {idx}: non-finite loss ({bad}); batch skipped (--skip_nonfinite)")
+                undo()
+                LOG.warning(f"epoch {epoch} iter {idx}: non-finite loss ({bad}); batch skipped and its BatchNorm "
+                            f"statistics and memory rows restored (--skip_nonfinite)")
                 optimizer.zero_grad(set_to_none=True)
                 end = time.perf_counter()
                 continue

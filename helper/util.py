@@ -1,6 +1,7 @@
 """Small training utilities: meters, accuracy, the step learning-rate schedule, logging, seeding."""
 from __future__ import annotations
 
+import ast
 import logging
 import os
 import random
@@ -131,8 +132,6 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    import ast
-
     torch.set_rng_state(state["torch"].cpu())
     np_state = state["numpy"]
     np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
@@ -146,3 +145,16 @@ def _tuplify(value):
     if isinstance(value, (list, tuple)):
         return tuple(_tuplify(v) for v in value)
     return value
+
+
+def options_dict(opt) -> dict:
+    """Options as plain JSON-able types (so checkpoints load with weights_only=True)."""
+    out = {}
+    for key, value in vars(opt).items():
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            out[key] = value
+        elif isinstance(value, (list, tuple)):
+            out[key] = list(value)
+        else:
+            out[key] = str(value)
+    return out

@@ -14,6 +14,15 @@ from .resnet import BlockOutput, finish_block
 Tensor = torch.Tensor
 
 
+class GlobalAvgPool2d(nn.Module):
+    """(B, C, H, W) -> (B, C, 1, 1), the value of nn.AdaptiveAvgPool2d((1, 1)) spelled as a mean: torch routes
+    a (1, 1) adaptive pooling to mean today, and this keeps the backward a mean's without relying on that
+    (adaptive pooling's own CUDA backward is refused under --deterministic)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean((2, 3), keepdim=True)
+
+
 def shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
     """Identity (an empty Sequential, no keys) or a strided 1x1 projection with BN."""
     if stride == 1 and in_planes == out_planes:
@@ -87,7 +96,7 @@ class ResNet(nn.Module):
         self.layer2 = self._make_layer(block, 128, num_blocks[1], stride=2)
         self.layer3 = self._make_layer(block, 256, num_blocks[2], stride=2)
         self.layer4 = self._make_layer(block, 512, num_blocks[3], stride=2)
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.avgpool = GlobalAvgPool2d()
         self.linear = nn.Linear(512 * block.expansion, num_classes)
 
         for m in self.modules():

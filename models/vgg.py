@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .registry import normal_init_, register_model
+from .resnetv2 import GlobalAvgPool2d
 
 Tensor = torch.Tensor
 
@@ -39,7 +40,7 @@ class VGG(nn.Module):
         self.pool1 = nn.MaxPool2d(kernel_size=2, stride=2)
         self.pool2 = nn.MaxPool2d(kernel_size=2, stride=2)
         self.pool3 = nn.MaxPool2d(kernel_size=2, stride=2)
-        self.pool4 = nn.AdaptiveAvgPool2d((1, 1))
+        self.pool4 = GlobalAvgPool2d()
         self.classifier = nn.Linear(512, num_classes)
         self._initialize_weights()
 

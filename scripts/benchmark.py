@@ -15,6 +15,7 @@ import datetime
 import functools
 import itertools
 import json
+import math
 import os
 import platform
 import resource
@@ -24,18 +25,33 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import train_student  # noqa: E402
+import train_teacher  # noqa: E402
+from cli.build import maybe_compile, to_channels_last  # noqa: E402
+from crd.criterion import _PositiveMinusSoftplus  # noqa: E402
+from crd.memory import ContrastMemory, _gathered_scores, _TransposedBank, _WholeBankScores  # noqa: E402
 from dataset import build_loaders  # noqa: E402
+from dataset.batch import Batch  # noqa: E402
 from dataset.fast import derived_generator  # noqa: E402
 from dataset.sampling import ContrastSampler  # noqa: E402
 from dataset.synthetic import write_synthetic_cifar100  # noqa: E402
+from distiller_zoo import DISTILLERS, DistillKL, build_distiller  # noqa: E402
+from helper.engine import make_optimizer  # noqa: E402
+from helper.loops import amp_dtype, grad_scaler, train_epoch  # noqa: E402
+from helper.objectives import DistillObjective, TeacherObjective  # noqa: E402
+from helper.util import accuracy, seed_everything  # noqa: E402
+from models import model_dict  # noqa: E402
 
 
 @dataclass
@@ -189,8 +205,7 @@ def data_section(args: argparse.Namespace) -> Section:
     return Section("Data loading", markdown, results)
 
 
-METHODS = ["kd", "hint", "attention", "similarity", "correlation", "vid", "crd", "kdsvd", "fsp", "rkd", "pkt",
-           "abound", "factor", "nst"]
+METHODS = list(DISTILLERS)
 WHOLE_STEP_METHODS = ("kd", "crd")  # without and with CRD's contrast sampling in the data path
 WHOLE_STEP_TARGET = 1.3  # CPU target: fast path >= 1.3x the faithful path's images/s
 BENCH_LR = "1e-5"  # steps repeat one batch, which some methods (CC, VID) blow up at lr 0.05; costs are the same
@@ -240,8 +255,6 @@ class Batches:
 
 
 def speed_configs(args: argparse.Namespace, device: torch.device) -> list[Config]:
-    from helper.loops import amp_dtype
-
     amp = f"amp ({str(amp_dtype(device)).removeprefix('torch.')})"
     configs = [Config("fp32"), Config("channels_last", channels_last=True), Config(amp, amp=True),
                Config(f"channels_last + {amp}", amp=True, channels_last=True)]
@@ -274,8 +287,6 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def forward_flops(model: torch.nn.Module, batch_size: int, device: torch.device) -> float:
     """Forward FLOPs per image (FlopCounterMode: convolutions and matrix products, 2 per multiply-add)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False)
@@ -298,8 +309,6 @@ def peak_flops(device: torch.device, amp: bool) -> float | None:
 
 def student_options(args: argparse.Namespace, method: str, config: Config, n_data: int, crd_k: int):
     """train_student.py's own options for ``method`` (its defaults, the pair, the config's flags)."""
-    import train_student
-
     weights = ["-a", "0.9", "-b", "0"] if method == "kd" else ["-a", "0", "-b", "1"]
     opt = train_student.parse_option([
         "--path_t", f"{args.teacher}_vanilla/unused.pth", "--model_t", args.teacher, "--model_s", args.student,
@@ -310,8 +319,6 @@ def student_options(args: argparse.Namespace, method: str, config: Config, n_dat
 
 
 def teacher_options(args: argparse.Namespace, config: Config):
-    import train_teacher
-
     opt = train_teacher.parse_option(["--model", args.teacher, "--batch_size", str(args.batch_size),
                                       "--device", args.device, "--seed", "0", "--print_freq", str(10 ** 9),
                                       "--learning_rate", BENCH_LR])
@@ -345,8 +352,6 @@ Runner = Callable[[Iterable], int]  # runs training steps on some batches, retur
 
 def project_loop(opt, objective, optimizer, device: torch.device) -> Runner:
     """This project's train_epoch with ``objective`` (the flags in ``opt``)."""
-    from helper.loops import grad_scaler, train_epoch
-
     scaler = grad_scaler(device, opt.amp)
     return lambda batches: train_epoch(1, batches, objective, optimizer, opt, device, scaler=scaler).images
 
@@ -354,11 +359,6 @@ def project_loop(opt, objective, optimizer, device: torch.device) -> Runner:
 def original_loop(model_s, model_t, distiller, opt, optimizer) -> Runner:
     """One iteration of the original train_distill/train_vanilla: features always built, float32,
     contiguous tensors, the per-parameter SGD loop, and a host sync per step (``loss.item()``)."""
-    import torch.nn.functional as F
-
-    from distiller_zoo import DistillKL
-    from helper.util import accuracy
-
     kl = DistillKL(opt.kd_T) if model_t is not None else None
     device = torch.device(opt.device)
 
@@ -368,11 +368,10 @@ def original_loop(model_s, model_t, distiller, opt, optimizer) -> Runner:
             logit_s = model_s(batch.images)
             loss = F.cross_entropy(logit_s, batch.labels)
         else:
-            preact = distiller.preact
-            feat_s, logit_s = model_s(batch.images, is_feat=True, preact=preact)
+            # The original builds the feature lists for every method.
+            feat_s, logit_s = model_s(batch.images, is_feat=True, preact=distiller.student_preact)
             with torch.no_grad():
-                feat_t, logit_t = model_t(batch.images, is_feat=True, preact=preact)
-                feat_t = [f.detach() for f in feat_t]
+                feat_t, logit_t = model_t(batch.images, is_feat=True, preact=distiller.teacher_preact)
             term = distiller(feat_s, feat_t, logit_s, logit_t, batch)
             loss = (opt.gamma * F.cross_entropy(logit_s, batch.labels) + opt.alpha * kl(logit_s, logit_t)
                     + opt.beta * term)
@@ -395,11 +394,6 @@ def original_sgd(params, opt) -> torch.optim.SGD:
 def distill_runner(args, method: str, config: Config | None, teacher, student, n_data: int, crd_k: int,
                    device: torch.device) -> Runner:
     """Distillation steps of ``method`` on fresh model copies: the original loop when ``config`` is None."""
-    from distiller_zoo import build_distiller
-    from helper.engine import make_optimizer
-    from helper.objectives import DistillObjective
-    from helper.setup import maybe_compile, to_channels_last
-
     opt = student_options(args, method, config or Config("fp32"), n_data, crd_k)
     model_t, model_s = fresh(teacher).eval(), fresh(student)
     distiller = build_distiller(opt, model_s, model_t).to(device)
@@ -414,10 +408,6 @@ def distill_runner(args, method: str, config: Config | None, teacher, student, n
 
 def teacher_runner(args, config: Config | None, teacher, device: torch.device) -> Runner:
     """Teacher training steps (train_teacher.py) on a fresh copy: the original loop when ``config`` is None."""
-    from helper.engine import make_optimizer
-    from helper.objectives import TeacherObjective
-    from helper.setup import maybe_compile, to_channels_last
-
     opt = teacher_options(args, config or Config("fp32"))
     model = fresh(teacher).train()
     if config is None:
@@ -451,8 +441,6 @@ def measure_rows(runners: dict[str, Runner], batch_source: Callable[[int], Itera
 
 def synthetic_batch(batch_size: int, n_data: int, crd_k: int, device: torch.device):
     """A normalised-looking random batch with dataset indices and CRD contrast indices (exact mode)."""
-    from dataset.batch import Batch
-
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(n_data) % 100
     indices = torch.randperm(n_data, generator=generator)[:batch_size]
@@ -521,9 +509,6 @@ def method_table(configs: list[Config], method_results: dict, flops_t: float, fl
 def steps_section(args: argparse.Namespace) -> Section:
     """Teacher training step and every method's distillation step with each speed flag, against the
     original step, plus the whole step (data path included) of the faithful and the fast path."""
-    from helper.util import seed_everything
-    from models import model_dict
-
     args = step_options(args)
     device = torch.device(args.device)
     seed_everything(0, deterministic=False)
@@ -602,7 +587,7 @@ def whole_step_comparison(args, method_results: dict, teacher, student, per_clas
     with tempfile.TemporaryDirectory() as folder:
         write_synthetic_cifar100(folder, train_per_class=per_class, test_per_class=1, seed=0)
         for method in (m for m in WHOLE_STEP_METHODS if "best" in method_results.get(m, {})):
-            k = crd_k if method == "crd" else None
+            k = DISTILLERS[method].data_needs(student_options(args, method, Config("fp32"), 0, crd_k)).contrast_k
             best = next(c for c in speed_configs(args, device) if c.label == method_results[method]["best"])
             data_faithful, faithful = data_and_whole_step(args, "torchvision", method, None, teacher, student,
                                                           folder, k, device)
@@ -669,9 +654,191 @@ def step_options(args: argparse.Namespace) -> argparse.Namespace:
     })
 
 
+CRD_FEAT_DIM = 128  # D, CRD's --feat_dim
+CRD_TEMPERATURE, CRD_MOMENTUM = 0.07, 0.5  # --nce_t, --nce_m
+# (B, K, n) of the scoring table; the first is the paper's (batch 64, 16384 negatives, CIFAR-100's 50,000 rows).
+CRD_ROWS = [(64, 16384, 50000), (64, 4096, 50000), (8, 16384, 50000), (64, 16384, 500000), (16, 1024, 50000)]
+CRD_QUICK_ROWS = [(8, 255, 1000), (2, 63, 1000)]  # one row on each side of scores_whole_bank's rule
+CRD_BANK_ROWS = {"CIFAR-100": 50000, "ImageNet": 1281167}  # n of the memory figures (computed, not measured)
+WHOLE, GATHERED = "whole bank", "gathered"
+
+
+def call_times(works: dict[str, Callable[[], int]], warmup: int, repeats: int,
+               device: torch.device) -> dict[str, dict[str, float]]:
+    """{label: fastest and median ms of one call} after ``warmup`` untimed calls of each; the timed calls go
+    round-robin over the labels, so that another process's burst slows every label alike."""
+    for work in works.values():
+        for _ in range(warmup):
+            work()
+    seconds: dict[str, list[float]] = {label: [] for label in works}
+    for _ in range(repeats):
+        for label, work in works.items():
+            seconds[label].append(timed(work, device)[1])
+    return {label: {"ms": 1e3 * min(s), "median_ms": 1e3 * float(np.median(s))} for label, s in seconds.items()}
+
+
+def bank_scoring_works(batch_size: int, k: int, n: int, device: torch.device) -> dict[str, Callable[[], int]]:
+    """Forward + backward of one bank's (B, K+1) scores by each strategy of ContrastMemory.log_scores, with its
+    own buffers. The whole-bank path scores memory_v1, the gathered path memory_v2 (a copy of it): a write by
+    the gathered path would put memory_v1's (D, n) copy out of step, which training with one strategy never does."""
+    memory = ContrastMemory(CRD_FEAT_DIM, n, k, CRD_TEMPERATURE, CRD_MOMENTUM).to(device)
+    memory.memory_v2.copy_(memory.memory_v1)
+    generator = torch.Generator().manual_seed(0)
+    y = torch.randperm(n, generator=generator)[:batch_size].to(device)
+    idx = torch.randint(0, n, (batch_size, k + 1), generator=generator).to(device)  # uniform, as the alias draw
+    idx[:, 0] = y
+    v = F.normalize(torch.randn(batch_size, CRD_FEAT_DIM, generator=generator), dim=1).to(device)
+    new_rows = memory._updated_rows(memory.memory_v1, v, y, CRD_MOMENTUM)
+    v = (v / CRD_TEMPERATURE).requires_grad_()  # log_scores scales the (B, D) embedding by 1 / T
+    grad = torch.randn(batch_size, k + 1, generator=generator).to(device)  # (B, K+1) upstream gradient
+    scratch = memory._scratch(batch_size, device)
+    transposed = memory._transposed.setdefault("memory_v1", _TransposedBank())
+
+    def whole_bank() -> int:
+        transposed.sync(memory.memory_v1)  # as log_scores does per call: a no-op while in step
+        scores = _WholeBankScores.apply(v, memory.memory_v1, idx, y, new_rows, scratch, transposed)
+        torch.autograd.grad(scores, v, grad)
+        return batch_size
+
+    def gathered() -> int:
+        torch.autograd.grad(_gathered_scores(v, memory.memory_v2, idx, y, new_rows), v, grad)
+        return batch_size
+
+    return {WHOLE: whole_bank, GATHERED: gathered}
+
+
+def bank_layout_works(batch_size: int, n: int, device: torch.device) -> dict[str, Callable[[], int]]:
+    """The whole-bank forward matmul (B, D) x (D, n) into the (B, n) scratch, from the (n, D) bank read
+    transposed and from the (D, n) copy _TransposedBank keeps."""
+    generator = torch.Generator().manual_seed(0)
+    bank = F.normalize(torch.randn(n, CRD_FEAT_DIM, generator=generator), dim=1).to(device)
+    v = torch.randn(batch_size, CRD_FEAT_DIM, generator=generator).to(device)
+    transposed, scratch = _TransposedBank(), torch.empty(batch_size, n, device=device)
+    transposed.sync(bank)
+    return {"(n, D) bank read transposed": lambda: torch.mm(v, bank.t(), out=scratch).shape[0],
+            "(D, n) copy": lambda: torch.mm(v, transposed.transposed, out=scratch).shape[0]}
+
+
+def nce_sum_works(batch_size: int, k: int, n: int, device: torch.device) -> dict[str, Callable[[], int]]:
+    """Forward + backward of sum_b s[b, 0] - sum_{b,k} softplus(s[b, k]) over (B, K+1) scores, by
+    _PositiveMinusSoftplus (ContrastLoss.from_log) and by autograd through F.softplus."""
+    generator = torch.Generator().manual_seed(0)
+    # <random unit vectors> / T (std 1 / (sqrt(D) T)), as the scores of untrained embeddings
+    logits = (torch.randn(batch_size, k + 1, generator=generator) / (CRD_FEAT_DIM ** 0.5 * CRD_TEMPERATURE))
+    # log Z + log(K Pn), with Z set from these scores as _set_normalization does
+    offset = math.log(logits.exp().mean().item() * n) + math.log(k / n)
+    logits = logits.to(device).requires_grad_()
+
+    def fused() -> int:
+        torch.autograd.grad(_PositiveMinusSoftplus.apply(logits, offset), logits)
+        return batch_size
+
+    def softplus() -> int:
+        s = logits - offset
+        torch.autograd.grad(s[:, 0].sum() - F.softplus(s).sum(), logits)
+        return batch_size
+
+    return {"_PositiveMinusSoftplus": fused, "autograd through F.softplus": softplus}
+
+
+def rule_picks(batch_size: int, k: int, n: int) -> str:
+    """The strategy ContrastMemory.scores_whole_bank picks (the rule reads only the bank's row count nLem, so
+    no ImageNet-sized bank is allocated to ask it)."""
+    return WHOLE if ContrastMemory.scores_whole_bank(SimpleNamespace(nLem=n), batch_size, k) else GATHERED
+
+
+def bank_memory_bytes(n: int, batch_size: int, k: int) -> dict[str, int | str]:
+    """ContrastMemory's float32 buffers at n rows (D = CRD_FEAT_DIM), and what each scoring strategy adds at
+    batch B with K negatives: the whole-bank path a (D, n) copy per bank and one (B, n) scratch; the gathered
+    path the (B, K+1, D) rows of each bank, held from the forward to the backward."""
+    bank = n * CRD_FEAT_DIM * 4
+    return {"n": n, "bank_bytes": bank, "both_banks_bytes": 2 * bank,
+            "whole_bank_extra_bytes": 2 * bank + batch_size * n * 4,
+            "gathered_extra_bytes": 2 * batch_size * (k + 1) * CRD_FEAT_DIM * 4,
+            "rule_picks": rule_picks(batch_size, k, n)}
+
+
+def crd_options(args: argparse.Namespace) -> argparse.Namespace:
+    """The crd section's repetitions (--warmup, --steps): calls per kernel; fewer under --quick."""
+    cuda = torch.device(args.device).type == "cuda"
+    return argparse.Namespace(**{
+        **vars(args),
+        "warmup": args.warmup if args.warmup is not None else (1 if args.quick else 5 if cuda else 2),
+        "steps": args.steps or (1 if args.quick else 20 if cuda else 7),
+    })
+
+
+def megabytes(n_bytes: int) -> str:
+    return f"{n_bytes / 1e6:,.1f} MB"
+
+
+def crd_section(args: argparse.Namespace) -> Section:
+    """CRD's memory-bank kernels: the two strategies for scoring the sampled rows, the bank's layout for the
+    whole-bank matmul, and the fused NCE sum against autograd through softplus; plus the banks' memory."""
+    args = crd_options(args)
+    device = torch.device(args.device)
+    rows = CRD_QUICK_ROWS if args.quick else CRD_ROWS
+    measure = functools.partial(call_times, warmup=args.warmup, repeats=args.steps, device=device)
+    scoring = []
+    for batch_size, k, n in rows:
+        times = measure(bank_scoring_works(batch_size, k, n, device))  # the row's banks go (1.4 GB at n=500k)
+        faster = min(times, key=lambda label: times[label]["ms"])
+        scoring.append({"batch_size": batch_size, "k": k, "n": n, "ms": times, "faster": faster,
+                        "rule_picks": rule_picks(batch_size, k, n),
+                        "gathered_over_whole": times[GATHERED]["ms"] / times[WHOLE]["ms"]})
+    batch_size, k, n = rows[0]
+    layout = measure(bank_layout_works(batch_size, n, device))
+    nce = measure(nce_sum_works(batch_size, k, n, device))
+    paper_batch, paper_k, _ = CRD_ROWS[0]  # the memory figures are computed: the paper's sizes even under --quick
+    memory_rows = {name: bank_memory_bytes(rows_n, paper_batch, paper_k) for name, rows_n in CRD_BANK_ROWS.items()}
+
+    def ms(entry: dict[str, float]) -> str:
+        return f"{entry['ms']:,.1f}" if entry["ms"] >= 10 else f"{entry['ms']:.2f}"
+
+    scoring_table = table(
+        ["B, K, n", "whole bank: one (B, n) matmul, ms", "gathered (B, K+1, D) rows, ms", "gathered / whole",
+         "rule picks", "faster"],
+        [[f"{r['batch_size']}, {r['k']}, {r['n']:,}" + (" (the paper's)" if i == 0 and not args.quick else ""),
+          ms(r["ms"][WHOLE]), ms(r["ms"][GATHERED]), f"{r['gathered_over_whole']:.1f}x", r["rule_picks"],
+          r["faster"]] for i, r in enumerate(scoring)])
+    (read_label, read), (copy_label, copied) = layout.items()
+    (fused_label, fused), (softplus_label, softplus) = nce.items()
+    memory_table = table(
+        ["bank rows n", "one (n, D) bank", "both banks", f"whole-bank path adds ((D, n) copies, ({paper_batch}, n) "
+         "scratch)", f"gathered path adds (({paper_batch}, {paper_k + 1}, D) rows of both banks)",
+         f"rule picks at B={paper_batch}, K={paper_k}"],
+        [[f"{m['n']:,} ({name})", megabytes(m["bank_bytes"]), megabytes(m["both_banks_bytes"]),
+          megabytes(m["whole_bank_extra_bytes"]), megabytes(m["gathered_extra_bytes"]), m["rule_picks"]]
+         for name, m in memory_rows.items()])
+    timing = "the fastest of" if device.type == "cpu" else "the fastest single call (synchronised) of"
+    markdown = "\n\n".join([
+        f"float32, D = {CRD_FEAT_DIM}, {device.type}. Each figure: {timing} {args.steps} calls after "
+        f"{args.warmup} warm-up calls, taken round-robin over the kernels of a row (medians in benchmarks.json). "
+        f"The kernels are crd/memory.py's and crd/criterion.py's own, called on one bank as "
+        f"`ContrastMemory.log_scores` calls them.",
+        f"**Scoring the (B, K+1) sampled rows of one bank**, forward + backward "
+        f"(`ContrastMemory.scores_whole_bank` picks the strategy: whole bank when B (K+1) >= n)\n\n"
+        + scoring_table,
+        f"**Layout of the bank for the whole-bank matmul** (({batch_size}, {CRD_FEAT_DIM}) x ({CRD_FEAT_DIM}, "
+        f"{n:,}), forward only): the {read_label} {ms(read)} ms, the {copy_label} `_TransposedBank` keeps "
+        f"{ms(copied)} ms ({read['ms'] / copied['ms']:.2f}x).",
+        f"**The NCE sum** (({batch_size}, {k + 1}) scores, forward + backward): `{fused_label}` {ms(fused)} ms, "
+        f"{softplus_label} {ms(softplus)} ms ({fused['ms'] / softplus['ms']:.2f} of its time).",
+        f"**Memory of the banks** (computed, float32, D = {CRD_FEAT_DIM}; ContrastMemory keeps one bank per "
+        f"view)\n\n" + memory_table,
+    ])
+    results = {
+        "feat_dim": CRD_FEAT_DIM, "device": str(device), "warmup_calls": args.warmup, "timed_calls": args.steps,
+        "scoring": scoring, "layout": {"batch_size": batch_size, "n": n, "ms": layout},
+        "nce_sum": {"batch_size": batch_size, "k": k, "ms": nce}, "memory": memory_rows,
+    }
+    return Section("CRD memory kernels", markdown, results)
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace], Section]] = {
     "data": data_section,
     "steps": steps_section,
+    "crd": crd_section,
 }
 
 

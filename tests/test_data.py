@@ -15,6 +15,7 @@ from dataset import (Batch, CIFAR100InstanceSample, DatasetError, build_loaders,
                      get_cifar100_dataloaders_sample)
 from dataset.cifar100 import ARCHIVE_URL, CIFAR100_MEAN, CIFAR100_STD, FOLDER_NAME, read_split
 from dataset.fast import TensorTrainLoader, shard
+from dataset.info import CIFAR100
 from dataset.sampling import ContrastSampler, distinct_by_random_keys
 from dataset.synthetic import main as synthetic_main
 from dataset.synthetic import write_meta, write_split, write_synthetic_cifar100
@@ -442,7 +443,7 @@ def test_unknown_backend_and_rank_are_refused(root):
 
 def test_tensor_loader_batches_stay_on_the_data_device():
     images = torch.zeros(10, 3, 32, 32, dtype=torch.uint8)
-    train = TensorTrainLoader(images, torch.arange(10) % 2, 4, with_indices=False)
+    train = TensorTrainLoader(images, torch.arange(10) % 2, 4, CIFAR100, with_indices=False)
     batch = next(iter(train))
     assert batch.images.device == images.device and batch.indices is None and len(train) == 3
 

@@ -20,7 +20,7 @@ from dataset.synthetic import write_synthetic_cifar100
 from distiller_zoo.base import DISTILLERS
 from helper import checkpoint
 from helper.checkpoint import CheckpointError, save_atomic
-from helper.setup import resume_command
+from cli.app import resume_command
 from models import model_dict
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ from torch import nn
 
 from conftest import reference_file
 from crd import AliasMethod, ContrastMemory, CRDLoss
-from crd.memory import _BankCopies, _WholeBankScores, _gathered_scores
+from crd.memory import Constants, _gathered_scores, _TransposedBank, _WholeBankScores
 from distiller_zoo import (FSP, KDSVD, PKT, ABLoss, Attention, Correlation, DistillKL, FactorTransfer, HintLoss,
                            NSTLoss, RKDLoss, Similarity, VIDLoss)
 from distiller_zoo.NST import poly_kernel_mean, poly_kernel_means
@@ -225,7 +225,7 @@ def test_crd_state_dict_round_trip_gives_the_same_next_loss():
     resumed = CRDLoss(_crd_opt(ctor))
     resumed.load_state_dict(saved)
     # Use the resumed module once before loading, so a stale cached Z would show.
-    resumed.contrast._constants = [64.0, 0.07, 1.0, 1.0, 0.5]
+    resumed.contrast._constants = Constants(64, 0.07, 1.0, 1.0, 0.5)
     resumed.load_state_dict(saved)
     f_s, f_t = case["inputs_s"][0].flip(0), case["inputs_t"][0].flip(0)
     expected = crd(f_s, f_t, ctor["idx"], ctor["contrast_idx"])
@@ -246,9 +246,9 @@ def test_crd_whole_bank_and_gathered_scoring_agree_with_repeated_rows():
     new_rows = torch.randn(40, 8)[y]
     new_rows[2] = new_rows[0]  # copies of a row carry the same update
     scratch = torch.empty(3, 40)
-    copies = _BankCopies()
-    copies.sync(banks[0], bf16=False)
-    whole = _WholeBankScores.apply(v[0], banks[0], idx, y, new_rows, scratch, None, copies)
+    transposed = _TransposedBank()
+    transposed.sync(banks[0])
+    whole = _WholeBankScores.apply(v[0], banks[0], idx, y, new_rows, scratch, transposed)
     gathered = _gathered_scores(v[1], banks[1], idx, y, new_rows)
     weights = torch.randn(3, 11)
     (whole * weights).sum().backward()
@@ -256,7 +256,7 @@ def test_crd_whole_bank_and_gathered_scoring_agree_with_repeated_rows():
     torch.testing.assert_close(whole, gathered)
     torch.testing.assert_close(v[0].grad, v[1].grad)
     assert torch.equal(banks[0], banks[1]) and torch.equal(banks[0][y], new_rows)
-    assert torch.equal(copies.transposed, banks[0].t()) and copies.version == banks[0]._version
+    assert torch.equal(transposed.transposed, banks[0].t()) and transposed.follows(banks[0])
 
 
 def _crd_step(crd: CRDLoss, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -294,7 +294,6 @@ def test_crd_gradient_under_bf16_autocast_is_close_to_float32_and_the_scores_sta
     reference = copy.deepcopy(crd)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss, grad = _crd_step(crd, 1)
-    assert crd.contrast._copies["memory_v1"].low.dtype == torch.bfloat16
     expected_loss, expected_grad = _crd_step(reference, 1)
     # The embeddings' linear layers run in bf16 under autocast; the scores, exp and loss in float32.
     torch.testing.assert_close(loss, expected_loss, rtol=2e-2, atol=0)

@@ -39,7 +39,7 @@ def _id(case: tuple[str, tuple[str, str]]) -> str:
 
 def make_opt(distill: str, model_t: str, model_s: str, **overrides) -> Namespace:
     """train_student.py's defaults (METHODS.md 4.1) with a tiny CRD bank."""
-    opt = Namespace(distill=distill, model_s=model_s, model_t=model_t, learning_rate=0.05, momentum=0.9,
+    opt = Namespace(dataset="cifar100", distill=distill, model_s=model_s, model_t=model_t, learning_rate=0.05, momentum=0.9,
                     weight_decay=5e-4, gamma=1.0, alpha=1.0, beta=1.0, kd_T=4, feat_dim=128, mode="exact",
                     nce_k=NCE_K, nce_t=0.07, nce_m=0.5, hint_layer=2, n_data=N_DATA, init_epochs=30)
     for key, value in overrides.items():
@@ -80,9 +80,9 @@ def distill_step(distiller: Distiller, model_s: nn.Module, model_t: nn.Module, o
     model_s.train()
     distiller.train()
     model_t.eval()
-    feat_s, logit_s = model_s(batch.images, is_feat=True, preact=distiller.preact)
+    feat_s, logit_s = model_s(batch.images, is_feat=True, preact=distiller.student_preact)
     with torch.no_grad():
-        feat_t, logit_t = model_t(batch.images, is_feat=True, preact=distiller.preact)
+        feat_t, logit_t = model_t(batch.images, is_feat=True, preact=distiller.teacher_preact)
     term = distiller(feat_s, feat_t, logit_s, logit_t, batch)
     loss = (opt.gamma * F.cross_entropy(logit_s, batch.labels)
             + opt.alpha * DistillKL(opt.kd_T)(logit_s, logit_t) + opt.beta * term)
@@ -101,9 +101,9 @@ def init_step(distiller: Distiller, model_s: nn.Module, model_t: nn.Module, opt:
     model_t.eval()
     model_s.eval()
     modules.train()
-    feat_s, _ = model_s(batch.images, is_feat=True, preact=distiller.preact)
+    feat_s, _ = model_s(batch.images, is_feat=True, preact=distiller.student_preact)
     with torch.no_grad():
-        feat_t, _ = model_t(batch.images, is_feat=True, preact=distiller.preact)
+        feat_t, _ = model_t(batch.images, is_feat=True, preact=distiller.teacher_preact)
     loss = distiller.init_loss(feat_s, feat_t)
     optimizer.zero_grad()
     loss.backward()
@@ -197,8 +197,8 @@ def test_factor_init_stage_uses_lr_001_for_resnet_and_wrn_students(student, lr):
 
 
 def test_ab_runs_both_networks_on_pre_activation_features():
-    assert DISTILLERS["abound"].preact
-    assert not any(cls.preact for name, cls in DISTILLERS.items() if name != "abound")
+    assert DISTILLERS["abound"].student_preact and DISTILLERS["abound"].teacher_preact
+    assert not any(cls.student_preact or cls.teacher_preact for name, cls in DISTILLERS.items() if name != "abound")
     assert not DISTILLERS["kd"].uses_features
 
 

@@ -19,7 +19,7 @@ from distiller_zoo import DISTILLERS, build_distiller
 from helper.engine import make_optimizer, use_fast_sgd
 from helper.loops import grad_scaler, train_epoch, uses_cuda_graphs
 from helper.objectives import DistillObjective
-from helper.setup import CompiledModule, to_channels_last
+from cli.build import CompiledModule, to_channels_last
 from models import model_dict
 from scripts import benchmark
 
@@ -35,7 +35,8 @@ RKD_LAYOUT_TOLERANCE = dict(rel_tol=1e-4, abs_tol=1e-4)
 
 
 def make_opt(method: str, **flags) -> Namespace:
-    opt = Namespace(distill=method, model_s=STUDENT, model_t=TEACHER, learning_rate=0.05, momentum=0.9,
+    opt = Namespace(dataset="cifar100", distill=method, model_s=STUDENT, model_t=TEACHER, learning_rate=0.05,
+                    momentum=0.9,
                     weight_decay=5e-4, gamma=1.0, alpha=1.0, beta=1.0, kd_T=4, feat_dim=128, mode="exact",
                     nce_k=NCE_K, nce_t=0.07, nce_m=0.5, hint_layer=2, n_data=N_DATA, init_epochs=30,
                     print_freq=1000, skip_nonfinite=False, amp=False, channels_last=False, compile=None)
@@ -142,7 +143,7 @@ def test_compile_failure_when_wrapping_falls_back_to_eager(monkeypatch, caplog):
 
 
 def test_compiled_teacher_run_saves_checkpoints_with_unprefixed_keys(tmp_path, monkeypatch):
-    monkeypatch.setattr("helper.setup.CompiledModule", functools.partial(CompiledModule, backend="eager"))
+    monkeypatch.setattr("cli.build.CompiledModule", functools.partial(CompiledModule, backend="eager"))
     write_synthetic_cifar100(str(tmp_path / "data"), train_per_class=1, test_per_class=1, seed=0)
     argv = ["--model", "resnet8", "--epochs", "1", "--data_folder", str(tmp_path / "data"), "--save_root",
             str(tmp_path / "save"), "--batch_size", "50", "--device", "cpu", "--seed", "0", "--compile",

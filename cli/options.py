@@ -6,8 +6,9 @@ import os
 import secrets
 from pathlib import Path
 
-import torch
-
+from dataset import DATASETS
+from helper.distributed import choose_device, torchrun_env
+from helper.errors import UserError
 from helper.util import parse_decay_epochs
 
 # Students/teachers the original forces to lr 0.01 (and the log says so).
@@ -17,15 +18,16 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 
 def model_names() -> list[str]:
-    from models import model_dict
-
-    return list(model_dict)
+    """Every dataset's networks (build_model checks the one of --dataset)."""
+    return list(dict.fromkeys(name for info in DATASETS.values() for name in info.models))
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     """Flags both scripts share: the original's optimisation/bookkeeping flags plus the new ones."""
     parser.add_argument("--print_freq", type=int, default=100, help="print frequency (batches)")
-    parser.add_argument("--tb_freq", type=int, default=500, help="tb frequency (kept for compatibility)")
+    parser.add_argument("--tb_freq", type=int, default=500,
+                        help="accepted for compatibility with the original's command lines and ignored: "
+                             "TensorBoard scalars are written once per epoch")
     parser.add_argument("--save_freq", type=int, default=40, help="save a ckpt_epoch_N.pth every N epochs")
     parser.add_argument("--batch_size", type=int, default=64, help="batch size (per process)")
     parser.add_argument("--num_workers", type=int, default=8, help="loader workers (torchvision backend)")
@@ -36,7 +38,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr_decay_rate", type=float, default=0.1, help="decay rate for learning rate")
     parser.add_argument("--weight_decay", type=float, default=5e-4, help="weight decay")
     parser.add_argument("--momentum", type=float, default=0.9, help="momentum")
-    parser.add_argument("--dataset", type=str, default="cifar100", choices=["cifar100"], help="dataset")
+    parser.add_argument("--dataset", type=str, default="cifar100", choices=list(DATASETS), help="dataset")
     # New, all optional.
     parser.add_argument("--data_folder", type=str, default="./data",
                         help="folder holding cifar-100-python/ (downloaded there when missing)")
@@ -80,14 +82,12 @@ def check_common(parser: argparse.ArgumentParser, opt: argparse.Namespace) -> No
         opt.lr_decay_epochs = parse_decay_epochs(opt.lr_decay_epochs)
     except ValueError as e:
         parser.error(str(e))
-    if opt.device is None:
-        opt.device = "cuda" if torch.cuda.is_available() else "cpu"
+    env = torchrun_env()
     try:
-        device = torch.device(opt.device)
-    except RuntimeError:
-        parser.error(f"--device {opt.device!r} is not a device name (e.g. cpu, cuda, cuda:1)")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {opt.device}: CUDA is not available on this machine (use --device cpu)")
+        device = choose_device(opt.device, local_rank=env[1] if env is not None else None)
+    except UserError as e:
+        parser.error(str(e))
+    opt.device = str(device)
     if opt.seed is None:
         opt.seed = secrets.randbelow(2**31)
     if not opt.dist_timeout > 0:
@@ -109,19 +109,6 @@ def make_run_folders(opt: argparse.Namespace, model_dir: str, tb_dir: str) -> No
     opt.tb_path = os.path.join(opt.save_root, tb_dir)
     opt.save_folder = os.path.join(opt.model_path, opt.model_name)
     opt.tb_folder = os.path.join(opt.tb_path, opt.model_name)
-
-
-def options_dict(opt: argparse.Namespace) -> dict:
-    """Options as plain JSON-able types (so checkpoints load with weights_only=True)."""
-    out = {}
-    for key, value in vars(opt).items():
-        if isinstance(value, (str, int, float, bool)) or value is None:
-            out[key] = value
-        elif isinstance(value, (list, tuple)):
-            out[key] = list(value)
-        else:
-            out[key] = str(value)
-    return out
 
 
 def get_teacher_name(path: str) -> str:
