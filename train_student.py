@@ -59,7 +59,8 @@ def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"cannot tell the teacher architecture from --path_t {opt.path_t!r} (its folder "
                          f"name gives {opt.model_t!r}); name it with --model_t, e.g. --model_t resnet32x4")
     opt.lr_override = override_small_lr(opt, opt.model_s)
-    opt.model_name = (f"S:{opt.model_s}_T:{opt.model_t}_{opt.dataset}_{opt.distill}_r:{opt.gamma}"
+    ls = "_ls" if opt.logit_stand else ""  # DKD+LS and DKD have the same weights: keep their folders apart
+    opt.model_name = (f"S:{opt.model_s}_T:{opt.model_t}_{opt.dataset}_{opt.distill}{ls}_r:{opt.gamma}"
                       f"_a:{opt.alpha}_b:{opt.beta}_{opt.trial}")
     make_run_folders(opt, "student_model", "student_tensorboards")
     return opt

@@ -217,32 +217,36 @@ class StridedShardSampler(Sampler[int]):
 
 
 def _train_loader(train_set: CIFAR100, batch_size: int, num_workers: int, rank: int, world_size: int,
-                  seed: int) -> DataLoader:
+                  seed: int, pin_memory: bool) -> DataLoader:
     if world_size == 1:
-        return DataLoader(train_set, batch_size=batch_size, shuffle=True, num_workers=num_workers)
+        return DataLoader(train_set, batch_size=batch_size, shuffle=True, num_workers=num_workers,
+                          pin_memory=pin_memory)
     sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-    return DataLoader(train_set, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
+    return DataLoader(train_set, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      pin_memory=pin_memory)
 
 
 def _test_loader(data_folder: str | Path, batch_size: int, num_workers: int, rank: int,
-                 world_size: int) -> DataLoader:
+                 world_size: int, pin_memory: bool) -> DataLoader:
     test_set = CIFAR100(root=data_folder, download=True, train=False, transform=eval_transform())
     sampler = StridedShardSampler(len(test_set), rank, world_size) if world_size > 1 else None
     return DataLoader(test_set, batch_size=max(1, int(batch_size / 2)), shuffle=False, sampler=sampler,
-                      num_workers=int(num_workers / 2))
+                      num_workers=int(num_workers / 2), pin_memory=pin_memory)
 
 
 def get_cifar100_dataloaders(batch_size: int = 128, num_workers: int = 8, is_instance: bool = False,
                              data_folder: str | Path = "./data", *, rank: int = 0, world_size: int = 1,
-                             seed: int = 0) -> tuple[DataLoader, DataLoader] | tuple[DataLoader, DataLoader, int]:
+                             seed: int = 0, pin_memory: bool = False
+                             ) -> tuple[DataLoader, DataLoader] | tuple[DataLoader, DataLoader, int]:
     """(train, test) loaders, plus n_data when is_instance (then train items are (img, target, index)).
 
-    rank/world_size shard both sets (DistributedSampler seeded with `seed` for train, strided for test).
+    rank/world_size shard both sets (DistributedSampler seeded with `seed` for train, strided for test);
+    pin_memory: batches in page-locked memory, so that the copy to a GPU overlaps the step (non_blocking).
     """
     dataset_class = CIFAR100Instance if is_instance else CIFAR100
     train_set = dataset_class(root=data_folder, download=True, train=True, transform=train_transform())
-    train_loader = _train_loader(train_set, batch_size, num_workers, rank, world_size, seed)
-    test_loader = _test_loader(data_folder, batch_size, num_workers, rank, world_size)
+    train_loader = _train_loader(train_set, batch_size, num_workers, rank, world_size, seed, pin_memory)
+    test_loader = _test_loader(data_folder, batch_size, num_workers, rank, world_size, pin_memory)
     if is_instance:
         return train_loader, test_loader, len(train_set)
     return train_loader, test_loader
@@ -251,12 +255,12 @@ def get_cifar100_dataloaders(batch_size: int = 128, num_workers: int = 8, is_ins
 def get_cifar100_dataloaders_sample(batch_size: int = 128, num_workers: int = 8, k: int = 4096,
                                     mode: str = "exact", is_sample: bool = True, percent: float = 1.0,
                                     data_folder: str | Path = "./data", *, rank: int = 0, world_size: int = 1,
-                                    seed: int = 0) -> tuple[DataLoader, DataLoader, int]:
+                                    seed: int = 0, pin_memory: bool = False) -> tuple[DataLoader, DataLoader, int]:
     """(train, test, n_data) with CRD train items (img, target, index, sample_idx)."""
     train_set = CIFAR100InstanceSample(root=data_folder, download=True, train=True, transform=train_transform(),
                                        k=k, mode=mode, is_sample=is_sample, percent=percent)
-    train_loader = _train_loader(train_set, batch_size, num_workers, rank, world_size, seed)
-    test_loader = _test_loader(data_folder, batch_size, num_workers, rank, world_size)
+    train_loader = _train_loader(train_set, batch_size, num_workers, rank, world_size, seed, pin_memory)
+    test_loader = _test_loader(data_folder, batch_size, num_workers, rank, world_size, pin_memory)
     return train_loader, test_loader, len(train_set)
 
 

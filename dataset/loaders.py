@@ -45,6 +45,8 @@ def build_loaders(data_folder: str | Path, backend: str, batch_size: int, num_wo
     _fetch_once(data_folder, rank, world_size)
     shards = dict(rank=rank, world_size=world_size)
     if backend == "torchvision":
+        # Pinned host batches: the copy to the GPU (Batch.to, non_blocking) then overlaps the step.
+        shards["pin_memory"] = torch.device(device).type == "cuda"
         if crd_k is not None:
             train, test, n_data = get_cifar100_dataloaders_sample(
                 batch_size, num_workers, k=crd_k, mode=crd_mode, percent=crd_percent, data_folder=data_folder,

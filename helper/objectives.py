@@ -62,11 +62,12 @@ class TeacherObjective:
 
 
 class DistillObjective:
-    """``loss = gamma*CE + alpha*KL(T) + beta*method_term``, the teacher frozen under no_grad."""
+    """``loss = gamma*CE + alpha*KL(T) + beta*method_term``, the teacher frozen under no_grad; under
+    --logit_stand the KL compares z-scored logits (LS)."""
 
     def __init__(self, model_s: nn.Module, model_t: nn.Module, distiller: Distiller, opt):
         self.model_s, self.model_t, self.distiller = model_s, model_t, distiller
-        self.kl = DistillKL(opt.kd_T)
+        self.kl = DistillKL(opt.kd_T, standardize=getattr(opt, "logit_stand", False))  # hand-built opts lack it
         self.gamma, self.alpha, self.beta = opt.gamma, opt.alpha, opt.beta
 
     def begin_epoch(self, epoch: int) -> None:

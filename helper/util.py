@@ -134,7 +134,7 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"].cpu())
     np_state = state["numpy"]
-    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+    np.random.set_state(("MT19937", np_state["keys"].cpu().numpy().astype(np.uint32), np_state["pos"],
                          np_state["has_gauss"], np_state["gauss"]))
     random.setstate(_tuplify(ast.literal_eval(state["python"])))
     if "cuda" in state and torch.cuda.is_available():

@@ -105,12 +105,13 @@ def load_results(roots: Iterable[str | os.PathLike]) -> list[dict]:
 
 
 def method_row(result: dict) -> str:
-    """Row label of a student run: the paper's name of its method, CRD with a KD term is CRD+KD."""
+    """Row label of a student run: the paper's name of its method, CRD with a KD term is CRD+KD; runs with
+    logit standardisation (--logit_stand) get their own row, '+LS' (KD+LS, dkd+LS)."""
     distill = str(result["distill"])
-    alpha = (result.get("opt") or {}).get("alpha") or 0.0
-    if distill == "crd" and float(alpha) > 0:
-        return CRD_KD_ROW
-    return METHOD_ROWS.get(distill, distill)
+    opt = result.get("opt") or {}
+    alpha = opt.get("alpha") or 0.0
+    row = CRD_KD_ROW if distill == "crd" and float(alpha) > 0 else METHOD_ROWS.get(distill, distill)
+    return f"{row}+LS" if opt.get("logit_stand") else row
 
 
 def order_pairs(pairs: Iterable[Pair]) -> list[Pair]:

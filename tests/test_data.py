@@ -256,9 +256,12 @@ def test_crd_rows_repeat_a_negative_only_when_k_exceeds_the_pool(root, backend):
     _, exact_fit = crd_rows(root, backend, crd_k=297)
     for row in exact_fit:  # k == pool: each row is the whole pool, no repeats
         assert sorted(row[1:].tolist()) == torch.nonzero(labels != labels[row[0]]).flatten().tolist()
-    _, oversized = crd_rows(root, backend, crd_k=400)
-    assert all(len(set(row[1:].tolist())) < 400 for row in oversized)
+    _, oversized = crd_rows(root, backend, crd_k=400)  # k > pool: 400 uniform draws with replacement
     assert not (labels[oversized[:, 1:]] == labels[oversized[:, :1]]).any()
+    distinct = torch.tensor([len(set(row[1:].tolist())) for row in oversized], dtype=torch.float64)
+    expected = 297 * (1 - (296 / 297) ** 400)  # 219.9 distinct of the 297 on average, sd 5.5 per row
+    assert abs(distinct.mean().item() - expected) < 2  # 6 sd of the mean over 300 rows
+    assert ((distinct - expected).abs() < 33).all()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -301,17 +304,25 @@ def test_cpu_sampler_gives_every_k_subset_of_the_pool_the_same_probability():
         assert_uniform_pairs(contrast[labels[indices] == c, 1:].tolist(), members)
 
 
-def test_cpu_sampler_draws_do_not_depend_on_the_thread_count():
+def test_cpu_sampler_draws_come_from_the_generator_alone():
+    """A replayed epoch draws the same negatives from the same generator seed, whatever the global RNGs."""
     labels = torch.arange(10).repeat_interleave(30)
     sampler = ContrastSampler(labels, k=100, mode="relax", num_classes=10)
     indices = torch.randperm(300, generator=torch.Generator().manual_seed(1))[:64]
-    saved = torch.get_num_threads()
-    draws = []
-    for threads in (1, 2, 3):
-        torch.set_num_threads(threads)
-        draws.append(sampler.sample(indices, labels[indices], torch.Generator().manual_seed(7)))
-    torch.set_num_threads(saved)
-    assert torch.equal(draws[0], draws[1]) and torch.equal(draws[0], draws[2])
+
+    def draw(seed: int) -> torch.Tensor:
+        return sampler.sample(indices, labels[indices], torch.Generator().manual_seed(seed))
+
+    torch_state, (_, numpy_keys, numpy_pos, *_) = torch.get_rng_state(), np.random.get_state()
+    first = draw(7)
+    _, keys_after, pos_after, *_ = np.random.get_state()
+    assert torch.equal(torch.get_rng_state(), torch_state)  # the global generators are not advanced
+    assert np.array_equal(keys_after, numpy_keys) and pos_after == numpy_pos
+    torch.manual_seed(123)
+    np.random.seed(123)
+    assert torch.equal(draw(7), first)
+    other = draw(8)
+    assert not torch.equal(other[:, 0], first[:, 0]) and not torch.equal(other[:, 1:], first[:, 1:])
 
 
 @pytest.mark.parametrize("kernel", ["cpu", "batched"])
@@ -448,12 +459,25 @@ def test_tensor_loader_batches_stay_on_the_data_device():
     assert batch.images.device == images.device and batch.indices is None and len(train) == 3
 
 
-def test_benchmark_quick_run_writes_the_markdown_and_json_reports(tmp_path):
+def test_benchmark_quick_data_section_reports_consistent_rates(tmp_path):
+    """The data section alone (tests/test_speed.py runs the steps section)."""
     from scripts import benchmark
 
-    report = benchmark.main(["--quick", "--num_workers", "0", "--device", "cpu", "--output_dir", str(tmp_path)])
+    report = benchmark.main(["--quick", "--sections", "data", "--num_workers", "0", "--device", "cpu",
+                             "--output_dir", str(tmp_path)])
+    assert list(report["sections"]) == ["data"]
     data = report["sections"]["data"]["results"]
-    assert data["train_images"] == 500 and data["crd_speedup"] > 0
+    assert (data["train_images"], data["batch_size"], data["crd_k"]) == (500, 64, 128)
+    speeds, rates = data["loader_images_per_s"], data["crd_sampler_rates"]
+    plain, fast, plain_crd, fast_crd = speeds.values()  # torchvision, tensor; then both with CRD sampling
+    assert data["tensor_vs_torchvision"] == pytest.approx(fast / plain)
+    assert data["tensor_vs_torchvision_with_crd"] == pytest.approx(fast_crd / plain_crd)
+    assert (rates["original"], rates["sample"]) == (data["crd_original_samples_per_s"],
+                                                    data["crd_sampler_samples_per_s"])
+    assert data["crd_speedup"] == pytest.approx(rates["sample"] / rates["original"])
     assert json.loads((tmp_path / "benchmarks.json").read_text()) == report
     markdown = (tmp_path / "BENCHMARKS.md").read_text()
-    assert "## Data loading" in markdown and "--quick" in markdown and "images/s" in markdown
+    assert "## Data loading" in markdown and "--quick" in markdown
+    for name, speed in speeds.items():  # the table shows the measured numbers
+        assert f"| {name} | {speed:,.0f} |" in markdown
+    assert f"| {rates['sample']:,.0f} | {data['crd_speedup']:.1f}x |" in markdown

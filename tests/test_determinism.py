@@ -29,6 +29,7 @@ from dataset.sampling import ContrastSampler
 from distiller_zoo import DISTILLERS, build_distiller
 from distiller_zoo.base import MethodError
 from distiller_zoo.common import match_sizes
+from distiller_zoo.ReviewKD import PAIR_CONFIGS as REVIEWKD_PAIRS
 from helper.engine import make_optimizer
 from helper.loops import train_epoch, validate
 from helper.objectives import DistillObjective, InitObjective, TeacherObjective
@@ -186,10 +187,12 @@ SAME_FAMILY = ("resnet32x4", "resnet8x4")
 VGG = ("vgg13", "vgg8")
 SIZES_DIFFER = ("resnet32x4", "ShuffleV1")
 STUDENT_LARGER = ("ShuffleV1", "resnet8x4")
-# FSP and KDSVD compare channels entry by entry and refuse pairs of different widths.
+# FSP and KDSVD compare channels entry by entry and refuse pairs of different widths; ReviewKD has layouts for
+# the paper's pairs only.
 EQUAL_WIDTHS_ONLY = {"fsp", "kdsvd"}
 CASES = [(method, pair) for method in sorted(DISTILLERS) for pair in (SAME_FAMILY, VGG, SIZES_DIFFER, STUDENT_LARGER)
-         if not (method in EQUAL_WIDTHS_ONLY and pair in (SIZES_DIFFER, STUDENT_LARGER))]
+         if not (method in EQUAL_WIDTHS_ONLY and pair in (SIZES_DIFFER, STUDENT_LARGER))
+         and not (method == "reviewkd" and pair not in REVIEWKD_PAIRS)]
 
 
 def make_opt(method: str, teacher: str, student: str, *flags: str, n_data: int = N_DATA) -> Namespace:

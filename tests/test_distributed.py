@@ -5,7 +5,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,8 +13,8 @@ import torch
 
 import train_student
 import train_teacher
+from conftest import epochs_trained, load, resumed_after
 from dataset import build_loaders
-from dataset.synthetic import write_synthetic_cifar100
 from helper.distributed import DistributedError, check_global_batch
 from helper.loops import validate
 from models import model_dict
@@ -33,14 +32,10 @@ def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
     return done
 
 
-def load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
+def root(tmp_path_factory, cifar_data):
     root = tmp_path_factory.mktemp("ddp")
-    write_synthetic_cifar100(str(root / "data"), train_per_class=2, test_per_class=1, seed=0)
+    (root / "data").symlink_to(cifar_data)  # the session's synthetic set, read-only
     return root
 
 
@@ -91,10 +86,12 @@ def test_distributed_validation_equals_single_process_validation_of_the_checkpoi
     assert (top1, top5) == pytest.approx((results["last_acc"], results["last_acc_top5"]), abs=1e-9)
 
 
-def test_two_process_state_resumes_in_a_single_process(root, teacher):
+def test_two_process_state_resumes_in_a_single_process(root, teacher, capsys):
     state = Path(teacher.opt.save_folder) / "state.pth"
     argv = [*teacher.argv, "--epochs", "2", "--resume", str(state), "--save_root", str(root / "single")]
     assert train_teacher.main(argv) == 0
+    log = capsys.readouterr().out
+    assert resumed_after(log) == (0, 1) and epochs_trained(log) == [2]
     results = json.loads((Path(train_teacher.parse_option(argv).save_folder) / "results.json").read_text())
     assert results["finished"] and results["epochs_done"] == 2 and results["opt"]["world_size"] == 1
 
@@ -115,7 +112,8 @@ def test_crd_ranks_end_with_the_same_weights_and_memory_bank(crd_ranks):
 def test_resumed_two_process_run_ends_with_the_same_weights(root, teacher, crd_ranks):
     torchrun("train_student.py", *student_argv(root, teacher, "part", epochs=1))
     argv = [*student_argv(root, teacher, "part", epochs=2), "--resume", "auto"]
-    torchrun("train_student.py", *argv)
+    log = torchrun("train_student.py", *argv).stdout
+    assert resumed_after(log) == (0, 1) and epochs_trained(log) == [2]
     resumed = load(Path(train_student.parse_option(argv).save_folder) / "state.pth")
     assert resumed["progress"]["epochs_done"] == 2
     for part in ("model", "distiller"):
@@ -133,10 +131,9 @@ def test_process_group_that_never_forms_times_out_with_one_clear_line(root):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2",
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     argv = ["--model", MODEL, "--epochs", "1", *common(root, "--dist_timeout", "0.05")]
-    start = time.monotonic()
     done = subprocess.run([sys.executable, "train_teacher.py", *argv], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120)
-    assert done.returncode == 1 and time.monotonic() - start < 60
+    assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "rank 0 of 2" in lines[0] and "--dist_timeout" in lines[0], done.stderr
 
@@ -159,11 +156,10 @@ for _ in range(1000):
 def test_a_rank_that_dies_stops_the_others_instead_of_hanging(tmp_path):
     script = tmp_path / "dying_rank.py"
     script.write_text(DYING_RANK)
-    start = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(script), str(ROOT)], env={**os.environ, "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0 and time.monotonic() - start < 50
+    assert done.returncode != 0
     assert re.search(r"exitcode\s*:\s*3", done.stderr), done.stderr[-2000:]  # torchrun names the failed rank
 
 

@@ -11,12 +11,10 @@ import torch
 
 import train_student
 import train_teacher
-from dataset.synthetic import write_synthetic_cifar100
-from models import model_dict
+from conftest import N_TRAIN, teacher_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHER = "resnet8x4"
-N_TRAIN = 200  # 2 synthetic images for each of the 100 classes
 
 
 class OpensAFile:
@@ -30,20 +28,19 @@ class OpensAFile:
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
+def inputs(tmp_path_factory, cifar_data):
     """Synthetic data and teacher files, good and bad, outside any --save_root the tests use."""
     root = tmp_path_factory.mktemp("inputs")
-    write_synthetic_cifar100(root / "data", train_per_class=2, test_per_class=1, seed=0)
-    torch.manual_seed(0)
-    weights = model_dict[TEACHER](num_classes=100).state_dict()
-    files = {"data": root / "data"}
+    checkpoint = teacher_checkpoint(TEACHER)
+    weights = checkpoint["model"]
+    files = {"data": cifar_data}
 
     def place(name: str, folder: str, obj) -> None:
         files[name] = root / "models" / folder / "ckpt_epoch_240.pth"
         files[name].parent.mkdir(parents=True, exist_ok=True)
         torch.save(obj, files[name])
 
-    place("teacher", f"{TEACHER}_vanilla", {"epoch": 240, "model": weights, "accuracy": 1.0})
+    place("teacher", f"{TEACHER}_vanilla", checkpoint)
     teacher = files["teacher"]
     place("other_arch", "resnet8_vanilla", {"epoch": 240, "model": weights})
     place("mystery", "mystery", {"model": weights})

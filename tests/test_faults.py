@@ -10,18 +10,18 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import train_student
 import train_teacher
-from dataset.synthetic import write_synthetic_cifar100
+from conftest import epochs_trained, init_epochs_trained, load, resumed_after
 from distiller_zoo.base import DISTILLERS
 from helper import checkpoint
 from helper.checkpoint import CheckpointError, save_atomic
 from cli.app import resume_command
-from models import model_dict
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHER = "resnet8x4"
@@ -40,37 +40,26 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
+def workdir(cifar_data, random_teacher) -> SimpleNamespace:
     """Tiny synthetic CIFAR-100 (200 train images) and a random teacher in the original checkpoint format."""
-    root = tmp_path_factory.mktemp("faults")
-    write_synthetic_cifar100(root / "data", train_per_class=2, test_per_class=1, seed=0)
-    path = root / "teachers" / "models" / f"{TEACHER}_vanilla" / "ckpt_epoch_240.pth"
-    path.parent.mkdir(parents=True)
-    torch.manual_seed(0)
-    torch.save({"epoch": 240, "model": model_dict[TEACHER](num_classes=100).state_dict(), "accuracy": 1.0}, path)
-    return root
+    return SimpleNamespace(data=cifar_data, teacher=random_teacher(TEACHER))
 
 
-def student_argv(root: Path, save_root: Path, distill: str, *extra: str) -> list[str]:
+def student_argv(inputs: SimpleNamespace, save_root: Path, distill: str, *extra: str) -> list[str]:
     weights = ["-a", "0.9", "-b", "0"] if distill == "kd" else ["-a", "0", "-b", "1"]
-    path_t = root / "teachers" / "models" / f"{TEACHER}_vanilla" / "ckpt_epoch_240.pth"
-    return ["--path_t", str(path_t), "--model_s", STUDENT, "--distill", distill, *weights, "--nce_k", "16",
-            "--data_folder", str(root / "data"), "--save_root", str(save_root), "--num_workers", "0",
+    return ["--path_t", str(inputs.teacher), "--model_s", STUDENT, "--distill", distill, *weights, "--nce_k", "16",
+            "--data_folder", str(inputs.data), "--save_root", str(save_root), "--num_workers", "0",
             "--print_freq", "1", "--device", "cpu", "--deterministic", "--seed", "5", "--lr_decay_epochs", "2",
             *extra]
 
 
-def teacher_argv(root: Path, save_root: Path, *extra: str) -> list[str]:
-    return ["--model", STUDENT, "--data_folder", str(root / "data"), "--save_root", str(save_root),
+def teacher_argv(inputs: SimpleNamespace, save_root: Path, *extra: str) -> list[str]:
+    return ["--model", STUDENT, "--data_folder", str(inputs.data), "--save_root", str(save_root),
             "--num_workers", "0", "--print_freq", "1", "--device", "cpu", "--seed", "5", *extra]
 
 
 def run_folder(module, argv: list[str]) -> Path:
     return Path(module.parse_option(argv).save_folder)
-
-
-def load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def assert_same_weights(a: dict, b: dict) -> None:
@@ -117,7 +106,7 @@ def resume_line(err: str) -> list[str]:
     return shlex.split(lines[at + 1])
 
 
-def test_sigkill_mid_epoch_then_resume_auto_ends_with_the_uninterrupted_weights(workdir, tmp_path):
+def test_sigkill_mid_epoch_then_resume_auto_ends_with_the_uninterrupted_weights(workdir, tmp_path, capsys):
     reference = student_argv(workdir, tmp_path / "reference", "crd", "--epochs", "2", "--batch_size", "16")
     assert train_student.main(reference) == 0
     argv = student_argv(workdir, tmp_path / "killed", "crd", "--epochs", "2", "--batch_size", "16")
@@ -127,12 +116,15 @@ def test_sigkill_mid_epoch_then_resume_auto_ends_with_the_uninterrupted_weights(
     assert script.finish() == -signal.SIGKILL
     folder = run_folder(train_student, argv)
     assert load(folder / "state.pth")["progress"]["epochs_done"] == 1  # the kill landed inside epoch 2
+    capsys.readouterr()
     assert train_student.main(argv + ["--resume", "auto"]) == 0
+    log = capsys.readouterr().out
+    assert resumed_after(log) == (0, 1) and epochs_trained(log) == [2]  # epoch 1 is not trained again
     assert_same_weights(load(folder / "state.pth"), load(run_folder(train_student, reference) / "state.pth"))
     assert json.loads((folder / "results.json").read_text())["finished"]
 
 
-def test_sigkill_in_the_init_stage_then_resume_auto_ends_with_the_uninterrupted_weights(workdir, tmp_path):
+def test_sigkill_in_the_init_stage_then_resume_auto_ends_with_the_uninterrupted_weights(workdir, tmp_path, capsys):
     extra = ("--epochs", "1", "--init_epochs", "2", "--batch_size", "16")
     reference = student_argv(workdir, tmp_path / "reference", "abound", *extra)
     assert train_student.main(reference) == 0
@@ -144,7 +136,11 @@ def test_sigkill_in_the_init_stage_then_resume_auto_ends_with_the_uninterrupted_
     folder = run_folder(train_student, argv)
     progress = load(folder / "state.pth")["progress"]
     assert (progress["init_epochs_done"], progress["epochs_done"]) == (1, 0)
+    capsys.readouterr()
     assert train_student.main(argv + ["--resume", "auto"]) == 0
+    log = capsys.readouterr().out
+    assert resumed_after(log) == (1, 0)
+    assert init_epochs_trained(log) == [2] and epochs_trained(log) == [1]  # init epoch 1 is not redone
     assert_same_weights(load(folder / "state.pth"), load(run_folder(train_student, reference) / "state.pth"))
 
 
@@ -167,10 +163,11 @@ def test_sigint_saves_nothing_half_done_and_prints_a_resume_command_that_finishe
     resumed = subprocess.run([sys.executable, *command[1:]], cwd=REPO, capture_output=True, text=True,
                              timeout=120, env=ENV)
     assert resumed.returncode == 0, resumed.stderr
+    assert resumed_after(resumed.stdout) == (0, 1) and epochs_trained(resumed.stdout) == [2]
     assert_same_weights(load(folder / "state.pth"), load(run_folder(train_student, reference) / "state.pth"))
 
 
-def test_sigterm_stops_the_teacher_script_with_code_143_and_the_run_resumes(workdir, tmp_path):
+def test_sigterm_stops_the_teacher_script_with_code_143_and_the_run_resumes(workdir, tmp_path, capsys):
     argv = teacher_argv(workdir, tmp_path / "save", "--epochs", "3", "--batch_size", "16")
     script = Script("train_teacher.py", argv, tmp_path / "stderr.txt")
     script.wait_for("Epoch: [2][0/")
@@ -181,11 +178,13 @@ def test_sigterm_stops_the_teacher_script_with_code_143_and_the_run_resumes(work
     folder = run_folder(train_teacher, argv)
     assert load(folder / "state.pth")["progress"]["epochs_done"] == 1
     assert train_teacher.main(argv + ["--resume", "auto"]) == 0
+    log = capsys.readouterr().out
+    assert resumed_after(log) == (0, 1) and epochs_trained(log) == [2, 3]
     results = json.loads((folder / "results.json").read_text())
     assert results["finished"] and results["epochs_done"] == 3
 
 
-def test_resume_without_a_seed_flag_goes_on_with_the_seed_of_the_saved_run(workdir, tmp_path):
+def test_resume_without_a_seed_flag_goes_on_with_the_seed_of_the_saved_run(workdir, tmp_path, capsys):
     def argv(save_root: Path, epochs: int, *extra: str) -> list[str]:
         words = student_argv(workdir, save_root, "kd", "--batch_size", "64", "--epochs", str(epochs), *extra)
         del words[words.index("--seed"):words.index("--seed") + 2]
@@ -194,7 +193,9 @@ def test_resume_without_a_seed_flag_goes_on_with_the_seed_of_the_saved_run(workd
     assert train_student.main(argv(tmp_path / "stopped", 1)) == 0  # a seed is drawn and recorded
     folder = run_folder(train_student, argv(tmp_path / "stopped", 1))
     seed = load(folder / "state.pth")["opt"]["seed"]
+    capsys.readouterr()
     assert train_student.main(argv(tmp_path / "stopped", 2, "--resume", "auto")) == 0
+    assert epochs_trained(capsys.readouterr().out) == [2]
     assert train_student.main(argv(tmp_path / "reference", 2, "--seed", str(seed))) == 0
     reference = run_folder(train_student, argv(tmp_path / "reference", 2))
     assert_same_weights(load(folder / "state.pth"), load(reference / "state.pth"))
@@ -327,6 +328,7 @@ def test_truncated_state_is_reported_and_the_previous_state_used(workdir, tmp_pa
     out = capsys.readouterr().out
     assert f"WARNING: cannot resume: {state} is not a readable PyTorch checkpoint" in out
     assert f"resuming from the previous state {folder / 'state.prev.pth'}" in out
+    assert resumed_after(out) == (0, 1) and epochs_trained(out) == [2]
     redone = load(state)
     assert redone["progress"]["epochs_done"] == 2
     assert_same_weights(redone, finished)  # epoch 2 was redone from the epoch-1 state, exactly

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import TEACHER_ACCURACY
 from helper.checkpoint import load_model_weights
 from models import model_dict
 from scripts import verify_teacher
@@ -79,16 +80,9 @@ def server(tmp_path: Path):
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> dict[str, bytes]:
+def checkpoints(random_teacher) -> dict[str, bytes]:
     """Small valid checkpoints in the original's format, as file contents."""
-    folder = tmp_path_factory.mktemp("ckpts")
-    contents = {}
-    for arch in ("resnet56", "wrn_40_2"):
-        path = folder / arch
-        model = model_dict[arch](num_classes=100)
-        torch.save({"epoch": 240, "model": model.state_dict(), "accuracy": torch.tensor(71.5)}, path)
-        contents[arch] = path.read_bytes()
-    return contents
+    return {arch: random_teacher(arch).read_bytes() for arch in ("resnet56", "wrn_40_2")}
 
 
 def script_env(base: str, fallback: str = "", tool: str | None = None) -> dict[str, str]:
@@ -214,7 +208,8 @@ def test_verify_teacher_reports_one_line_and_fails_on_a_mismatch(checkpoints, tm
     path = tmp_path / "ckpt.pth"
     path.write_bytes(checkpoints["resnet56"])
     assert verify_teacher.main([str(path), "resnet56"]) == 0
-    assert capsys.readouterr().out.strip() == "resnet56 checkpoint is valid, epoch 240, accuracy 71.50"
+    expected = f"resnet56 checkpoint is valid, epoch 240, accuracy {TEACHER_ACCURACY:.2f}"
+    assert capsys.readouterr().out.strip() == expected
     assert verify_teacher.main([str(path), "resnet110"]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "does not fit architecture resnet110" in err

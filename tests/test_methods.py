@@ -1,8 +1,9 @@
-"""Every ``--distill`` registry entry: one optimisation step on small models, its init stage, its errors."""
+"""Every ``--distill`` registry entry: one optimisation step on small models, its init stage, its errors; and
+the objectives the training loop optimises (helper/objectives.py)."""
 from __future__ import annotations
 
 import copy
-import functools
+import math
 from argparse import Namespace
 
 import pytest
@@ -10,10 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dataset.batch import Batch
-from distiller_zoo import DISTILLERS, DistillKL, build_distiller
-from distiller_zoo.base import Distiller
-from models import model_dict
+from conftest import BATCH, N_DATA, fresh_model, student_options, tiny_batch
+from distiller_zoo import DISTILLERS, build_distiller
+from distiller_zoo.base import Distiller, middle
+from helper.engine import make_optimizer
+from helper.loops import EpochResult, train_epoch
+from helper.objectives import DistillObjective, InitObjective
 
 METHODS = ["kd", "hint", "attention", "similarity", "correlation", "vid", "crd", "kdsvd", "fsp", "rkd", "pkt",
            "abound", "factor", "nst"]
@@ -22,7 +25,7 @@ INIT_STAGE_METHODS = ["abound", "factor", "fsp"]
 SAME_FAMILY = ("resnet8x4", "resnet8")
 CROSS_FAMILY = ("vgg8", "MobileNetV2")
 EQUAL_WIDTH = ("wrn_16_1", "resnet8")
-BATCH, N_DATA, NCE_K = 4, 32, 16
+CPU = torch.device("cpu")
 
 
 def _pairs(method: str) -> list[tuple[str, str]]:
@@ -38,33 +41,12 @@ def _id(case: tuple[str, tuple[str, str]]) -> str:
 
 
 def make_opt(distill: str, model_t: str, model_s: str, **overrides) -> Namespace:
-    """train_student.py's defaults (METHODS.md 4.1) with a tiny CRD bank."""
-    opt = Namespace(dataset="cifar100", distill=distill, model_s=model_s, model_t=model_t, learning_rate=0.05, momentum=0.9,
-                    weight_decay=5e-4, gamma=1.0, alpha=1.0, beta=1.0, kd_T=4, feat_dim=128, mode="exact",
-                    nce_k=NCE_K, nce_t=0.07, nce_m=0.5, hint_layer=2, n_data=N_DATA, init_epochs=30)
-    for key, value in overrides.items():
-        setattr(opt, key, value)
-    return opt
-
-
-@functools.cache
-def _pristine(name: str, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return model_dict[name](num_classes=100)
+    """train_student.py's defaults (METHODS.md 4.1) with a tiny CRD bank and a log line every step."""
+    return student_options(distill, model_t, model_s, print_freq=1, **overrides)
 
 
 def make_models(teacher: str, student: str) -> tuple[nn.Module, nn.Module]:
-    return copy.deepcopy(_pristine(teacher, 0)), copy.deepcopy(_pristine(student, 1))
-
-
-def make_batch(contrast_idx: bool = True) -> Batch:
-    generator = torch.Generator().manual_seed(2)
-    indices = torch.tensor([0, 5, 17, 31])
-    sample_idx = torch.randint(0, N_DATA, (BATCH, NCE_K + 1), generator=generator)
-    sample_idx[:, 0] = indices
-    return Batch(images=torch.randn(BATCH, 3, 32, 32, generator=generator),
-                 labels=torch.randint(0, 100, (BATCH,), generator=generator), indices=indices,
-                 contrast_idx=sample_idx if contrast_idx else None)
+    return fresh_model(teacher, 0), fresh_model(student, 1)
 
 
 def extra_parameters(modules: list[nn.Module]) -> list[nn.Parameter]:
@@ -72,43 +54,20 @@ def extra_parameters(modules: list[nn.Module]) -> list[nn.Parameter]:
 
 
 def distill_step(distiller: Distiller, model_s: nn.Module, model_t: nn.Module, opt: Namespace,
-                 batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """One main-stage step as train_student does it: gamma*CE + alpha*KL + beta*term, teacher frozen."""
+                 batch, steps: int = 1) -> EpochResult:
+    """``steps`` main-stage steps as train_student does them: the real objective in the real loop."""
+    objective = DistillObjective(model_s, model_t, distiller, opt)
     params = list(model_s.parameters()) + extra_parameters(distiller.trainable_modules())
-    optimizer = torch.optim.SGD(params, lr=opt.learning_rate, momentum=opt.momentum,
-                                weight_decay=opt.weight_decay)
-    model_s.train()
-    distiller.train()
-    model_t.eval()
-    feat_s, logit_s = model_s(batch.images, is_feat=True, preact=distiller.student_preact)
-    with torch.no_grad():
-        feat_t, logit_t = model_t(batch.images, is_feat=True, preact=distiller.teacher_preact)
-    term = distiller(feat_s, feat_t, logit_s, logit_t, batch)
-    loss = (opt.gamma * F.cross_entropy(logit_s, batch.labels)
-            + opt.alpha * DistillKL(opt.kd_T)(logit_s, logit_t) + opt.beta * term)
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-    return loss, term
+    optimizer = make_optimizer(params, opt.learning_rate, opt)
+    return train_epoch(1, [batch] * steps, objective, optimizer, opt, CPU)
 
 
 def init_step(distiller: Distiller, model_s: nn.Module, model_t: nn.Module, opt: Namespace,
-              batch: Batch) -> tuple[torch.Tensor, nn.ModuleList]:
-    """One init-stage step: only ``init_modules`` train, the rest of the student stays in eval mode."""
-    modules = nn.ModuleList(distiller.init_modules(model_s))
-    optimizer = torch.optim.SGD(modules.parameters(), lr=distiller.init_learning_rate(opt),
-                                momentum=opt.momentum, weight_decay=opt.weight_decay)
-    model_t.eval()
-    model_s.eval()
-    modules.train()
-    feat_s, _ = model_s(batch.images, is_feat=True, preact=distiller.student_preact)
-    with torch.no_grad():
-        feat_t, _ = model_t(batch.images, is_feat=True, preact=distiller.teacher_preact)
-    loss = distiller.init_loss(feat_s, feat_t)
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-    return loss, modules
+              batch, steps: int = 1) -> tuple[EpochResult, nn.ModuleList]:
+    """``steps`` init-stage steps as the engine runs them: the real init objective in the real loop."""
+    objective = InitObjective(model_s, model_t, distiller)
+    optimizer = make_optimizer(objective.modules.parameters(), distiller.init_learning_rate(opt), opt)
+    return train_epoch(1, [batch] * steps, objective, optimizer, opt, CPU, stage="init"), objective.modules
 
 
 def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -134,14 +93,14 @@ def test_one_step_trains_the_student_and_extras_and_leaves_the_teacher_alone(cas
     teacher_before, student_before = snapshot(model_t), snapshot(model_s)
     frozen_before = [snapshot(m) for m in distiller.frozen_modules()]
 
-    loss, term = distill_step(distiller, model_s, model_t, opt, make_batch())
+    result = distill_step(distiller, model_s, model_t, opt, tiny_batch())
 
-    assert loss.numel() == 1 and torch.isfinite(loss).all()
-    assert term.shape == () and torch.isfinite(term)
+    term = result.terms[method]
+    assert math.isfinite(result.loss) and math.isfinite(term)
     if method in ("kd", "abound", "fsp"):
-        assert term.item() == 0, f"{method} adds no term in the main stage"
+        assert term == 0, f"{method} adds no term in the main stage"
     else:
-        assert term.item() != 0
+        assert term != 0
     for module in distiller.trainable_modules():
         grads = [p.grad for p in module.parameters()]
         assert grads and all(g is not None and torch.isfinite(g).all() for g in grads), type(module).__name__
@@ -165,10 +124,10 @@ def test_init_stage_step_trains_only_the_init_modules(case):
     assert distiller.has_init_stage
     teacher_before = snapshot(model_t)
 
-    loss, modules = init_step(distiller, model_s, model_t, opt, make_batch())
+    result, modules = init_step(distiller, model_s, model_t, opt, tiny_batch())
     trained = {id(p) for p in modules.parameters()}
 
-    assert loss.shape == () and torch.isfinite(loss) and loss.item() > 0
+    assert math.isfinite(result.loss) and result.loss > 0
     assert all(p.grad is not None for p in modules.parameters())
     assert sum(p.grad.abs().sum() for p in modules.parameters()) > 0
     assert all(p.grad is None for p in model_s.parameters() if id(p) not in trained)
@@ -196,10 +155,36 @@ def test_factor_init_stage_uses_lr_001_for_resnet_and_wrn_students(student, lr):
     assert distiller.init_learning_rate(opt) == lr
 
 
-def test_ab_runs_both_networks_on_pre_activation_features():
-    assert DISTILLERS["abound"].student_preact and DISTILLERS["abound"].teacher_preact
-    assert not any(cls.student_preact or cls.teacher_preact for name, cls in DISTILLERS.items() if name != "abound")
-    assert not DISTILLERS["kd"].uses_features
+def record_features(distiller: Distiller, name: str) -> list[tuple[list[torch.Tensor], list[torch.Tensor]]]:
+    """Make ``distiller.<name>`` (forward or init_loss) remember the feature lists it is handed."""
+    calls, real = [], getattr(distiller, name)
+
+    def recording(feat_s, feat_t, *rest):
+        calls.append((feat_s, feat_t))
+        return real(feat_s, feat_t, *rest)
+
+    setattr(distiller, name, recording)
+    return calls
+
+
+@pytest.mark.parametrize("method, preact", [("abound", True), ("attention", False), ("factor", False)])
+def test_ab_runs_both_networks_on_pre_activation_features(method, preact):
+    """AB compares activation boundaries, i.e. the block outputs before the ReLU (which go negative), in its
+    init stage and its main stage; every other method reads the maps after the ReLU."""
+    model_t, model_s = make_models(*SAME_FAMILY)
+    opt = make_opt(method, *SAME_FAMILY)
+    distiller = build_distiller(opt, model_s, model_t)
+    seen = record_features(distiller, "forward")
+    distill_step(distiller, model_s, model_t, opt, tiny_batch())
+    if distiller.has_init_stage:
+        init_calls = record_features(distiller, "init_loss")
+        init_step(distiller, model_s, model_t, opt, tiny_batch())
+        seen += init_calls
+
+    assert len(seen) == (2 if distiller.has_init_stage else 1)
+    for feat_s, feat_t in seen:
+        for name, feats in (("student", feat_s), ("teacher", feat_t)):
+            assert [bool(f.min() < 0) for f in middle(feats)] == [preact] * 3, name
 
 
 def test_frozen_modules_stay_in_eval_mode_when_the_distiller_is_put_in_train_mode():
@@ -218,10 +203,10 @@ def test_crd_steps_on_cpu_with_and_without_contrast_idx(with_contrast_idx: bool)
     distiller = build_distiller(opt, model_s, model_t)
     memory_before = distiller.crd.contrast.memory_v1.clone()
 
-    loss, term = distill_step(distiller, model_s, model_t, opt, make_batch(contrast_idx=with_contrast_idx))
+    result = distill_step(distiller, model_s, model_t, opt, tiny_batch(contrast_idx=with_contrast_idx))
 
-    assert torch.isfinite(loss).all() and term.item() > 0
-    updated = make_batch().indices
+    assert math.isfinite(result.loss) and result.terms["crd"] > 0
+    updated = tiny_batch().indices
     assert not torch.equal(distiller.crd.contrast.memory_v1[updated], memory_before[updated])
     assert (distiller.crd.contrast.params[2:4] > 0).all()
 
@@ -240,7 +225,7 @@ def test_crd_without_dataset_indices_is_a_clear_error():
     model_t, model_s = make_models(*SAME_FAMILY)
     opt = make_opt("crd", *SAME_FAMILY)
     distiller = build_distiller(opt, model_s, model_t)
-    batch = make_batch()
+    batch = tiny_batch()
     batch.indices = None
     with pytest.raises(ValueError, match="Batch.indices"):
         distill_step(distiller, model_s, model_t, opt, batch)
@@ -266,8 +251,10 @@ def test_build_distiller_restores_the_models_train_eval_modes():
 
 def test_unknown_method_names_the_valid_ones():
     model_t, model_s = make_models(*SAME_FAMILY)
+    opt = make_opt("kd", *SAME_FAMILY)
+    opt.distill = "nope"  # past the parser, whose choices are the registered names
     with pytest.raises(ValueError, match=r"unknown --distill 'nope'.*abound.*vid"):
-        build_distiller(make_opt("nope", *SAME_FAMILY), model_s, model_t)
+        build_distiller(opt, model_s, model_t)
 
 
 def fake_features(shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
@@ -310,6 +297,96 @@ def test_hint_layer_must_select_a_feature_map(hint_layer: int):
         build_from_shapes("hint", "resnet8x4", "resnet8", RESNET8X4, RESNET8, hint_layer=hint_layer)
 
 
-def test_methods_on_final_features_accept_lists_of_different_length():
-    for method in ("kd", "crd", "rkd", "pkt", "correlation", "similarity", "hint"):
-        build_from_shapes(method, "ResNet50", "resnet8", RESNET50, RESNET8)
+# The features each method on final features reads (positions in the is_feat list; hint: --hint_layer 2).
+READS = {"kd": [], "crd": [-1], "rkd": [-1], "pkt": [-1], "correlation": [-1], "similarity": [-2], "hint": [2]}
+
+
+@pytest.mark.parametrize("method", sorted(READS))
+def test_methods_on_final_features_accept_lists_of_different_length(method: str):
+    """A 6-feature teacher (ResNet50) with a 5-feature student: the term is computed from the features the
+    method names, whatever else the lists hold (every other entry here is NaN)."""
+    distiller = build_from_shapes(method, "ResNet50", "resnet8", RESNET50, RESNET8)
+    generator = torch.Generator().manual_seed(0)
+
+    def features(shapes, nan_free: list[int]) -> list[torch.Tensor]:
+        feats = [torch.full((BATCH, *shape[1:]), float("nan")) for shape in shapes]
+        for i in nan_free:
+            feats[i] = torch.randn(feats[i].shape, generator=generator)
+        return feats
+
+    feat_s, feat_t = features(RESNET8, READS[method]), features(RESNET50, READS[method])
+    logit_s, logit_t = torch.randn(BATCH, 100, generator=generator), torch.randn(BATCH, 100, generator=generator)
+    term = copy.deepcopy(distiller)(feat_s, feat_t, logit_s, logit_t, tiny_batch())
+
+    assert term.numel() == 1 and torch.isfinite(term), term
+    for i in READS[method]:  # and it does read them
+        other_t = list(feat_t)
+        other_t[i] = torch.randn(feat_t[i].shape, generator=generator)
+        assert copy.deepcopy(distiller)(feat_s, other_t, logit_s, logit_t, tiny_batch()) != term
+    if not READS[method]:
+        assert term == 0
+
+
+def kl_by_hand(logit_s: torch.Tensor, logit_t: torch.Tensor, T: float) -> torch.Tensor:
+    """Hinton et al.: T^2 times the batch mean of KL(softmax(logit_t / T) || softmax(logit_s / T))."""
+    p_t = F.softmax(logit_t / T, dim=1)
+    return (p_t * (p_t.log() - F.log_softmax(logit_s / T, dim=1))).sum(dim=1).mean() * T ** 2
+
+
+@pytest.mark.parametrize("gamma, alpha, beta", [(0.3, 0.7, 2.5), (2.0, 0.1, 0.8), (1.0, 1.5, 0.0)])
+def test_distill_objective_is_gamma_ce_plus_alpha_kl_plus_beta_term(gamma, alpha, beta):
+    model_t, model_s = make_models(*SAME_FAMILY)
+    opt = make_opt("attention", *SAME_FAMILY, gamma=gamma, alpha=alpha, beta=beta, kd_T=3)
+    distiller = build_distiller(opt, model_s, model_t)
+    batch = tiny_batch()
+    model_s.train()
+    model_t.eval()
+    feat_s, logit_s = model_s(batch.images, is_feat=True)
+    with torch.no_grad():
+        feat_t, logit_t = model_t(batch.images, is_feat=True)
+    ce = -F.log_softmax(logit_s, dim=1).gather(1, batch.labels[:, None]).mean()
+    kl = kl_by_hand(logit_s, logit_t, T=3)
+    term = distiller(feat_s, feat_t, logit_s, logit_t, batch)
+
+    out = DistillObjective(model_s, model_t, distiller, opt)(batch)
+
+    torch.testing.assert_close(out.loss, gamma * ce + alpha * kl + beta * term)
+    assert set(out.terms) == {"ce", "kl", "attention"}  # unweighted, for the logs
+    for name, expected in (("ce", ce), ("kl", kl), ("attention", term)):
+        torch.testing.assert_close(out.terms[name], expected.detach(), msg=name)
+    torch.testing.assert_close(out.logits, logit_s)
+
+
+@pytest.mark.parametrize("method", ["kd", "attention", "abound"])
+def test_an_epoch_of_distillation_keeps_the_teacher_in_eval_mode_with_its_batchnorm_statistics(method):
+    model_t, model_s = make_models(*SAME_FAMILY)
+    assert model_t.training  # as built: the objective has to put it in eval mode
+    opt = make_opt(method, *SAME_FAMILY)
+    distiller = build_distiller(opt, model_s, model_t)
+    teacher_before = snapshot(model_t)  # BatchNorm running means, variances and batch counts included
+    student_batches = int(model_s.bn1.num_batches_tracked)
+
+    distill_step(distiller, model_s, model_t, opt, tiny_batch(), steps=2)
+
+    assert not any(m.training for m in model_t.modules())
+    assert_unchanged(model_t, teacher_before, "teacher")
+    assert int(model_s.bn1.num_batches_tracked) == student_batches + 2  # the student's statistics did move
+
+
+def test_init_stage_keeps_the_teacher_and_the_rest_of_the_student_in_eval_mode():
+    """FT's init stage trains the paraphraser alone: the teacher and the whole student, BatchNorm statistics
+    included, come out of an init epoch unchanged."""
+    model_t, model_s = make_models(*SAME_FAMILY)
+    assert model_t.training and model_s.training  # as built
+    opt = make_opt("factor", *SAME_FAMILY)
+    distiller = build_distiller(opt, model_s, model_t)
+    teacher_before, student_before = snapshot(model_t), snapshot(model_s)
+    paraphraser_before = snapshot(distiller.paraphraser)
+
+    _, modules = init_step(distiller, model_s, model_t, opt, tiny_batch(), steps=2)
+
+    assert not any(m.training for m in model_t.modules()) and not any(m.training for m in model_s.modules())
+    assert all(m.training for m in modules.modules())
+    assert_unchanged(model_t, teacher_before, "teacher")
+    assert_unchanged(model_s, student_before, "student")
+    assert any(not torch.equal(v, paraphraser_before[k]) for k, v in distiller.paraphraser.state_dict().items())

@@ -1,11 +1,11 @@
 """Speed flags (--amp, --channels_last, --compile), the fast SGD kernels, and the benchmark's quick run."""
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import logging
 import math
+import os
 from argparse import Namespace
 
 import pytest
@@ -13,8 +13,7 @@ import torch
 from torch import nn
 
 import train_teacher
-from dataset.batch import Batch
-from dataset.synthetic import write_synthetic_cifar100
+from conftest import fresh_model, load, student_options, tiny_batch
 from distiller_zoo import DISTILLERS, build_distiller
 from helper.engine import make_optimizer, use_fast_sgd
 from helper.loops import grad_scaler, train_epoch, uses_cuda_graphs
@@ -25,7 +24,6 @@ from scripts import benchmark
 
 CPU = torch.device("cpu")
 TEACHER, STUDENT = "resnet14", "resnet8"  # equal widths: every method applies, FSP and KDSVD included
-BATCH, N_DATA, NCE_K = 4, 32, 16
 METHODS = sorted(DISTILLERS)
 # channels_last only changes the order of the float sums inside the convolutions.
 LAYOUT_TOLERANCE = dict(rel_tol=1e-5, abs_tol=1e-5)
@@ -35,41 +33,21 @@ RKD_LAYOUT_TOLERANCE = dict(rel_tol=1e-4, abs_tol=1e-4)
 
 
 def make_opt(method: str, **flags) -> Namespace:
-    opt = Namespace(dataset="cifar100", distill=method, model_s=STUDENT, model_t=TEACHER, learning_rate=0.05,
-                    momentum=0.9,
-                    weight_decay=5e-4, gamma=1.0, alpha=1.0, beta=1.0, kd_T=4, feat_dim=128, mode="exact",
-                    nce_k=NCE_K, nce_t=0.07, nce_m=0.5, hint_layer=2, n_data=N_DATA, init_epochs=30,
-                    print_freq=1000, skip_nonfinite=False, amp=False, channels_last=False, compile=None)
-    vars(opt).update(flags)
-    return opt
-
-
-@functools.cache
-def _pristine(name: str, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return model_dict[name](num_classes=100)
-
-
-def make_batch() -> Batch:
-    generator = torch.Generator().manual_seed(2)
-    indices = torch.tensor([0, 5, 17, 31])
-    contrast_idx = torch.randint(0, N_DATA, (BATCH, NCE_K + 1), generator=generator)
-    contrast_idx[:, 0] = indices
-    return Batch(torch.randn(BATCH, 3, 32, 32, generator=generator),
-                 torch.randint(0, 100, (BATCH,), generator=generator), indices, contrast_idx)
+    """train_student.py's defaults for ``method`` on the equal-width pair; no log line (no host sync) per step."""
+    return student_options(method, TEACHER, STUDENT, print_freq=1000, **flags)
 
 
 def train_two_steps(method: str, wrap=lambda model: model, **flags) -> tuple[float, nn.Module]:
     """(mean loss, student) of two train_epoch steps of ``method`` from fixed weights and data."""
     opt = make_opt(method, **flags)
-    model_t, model_s = copy.deepcopy(_pristine(TEACHER, 0)), copy.deepcopy(_pristine(STUDENT, 1))
+    model_t, model_s = fresh_model(TEACHER, 0), fresh_model(STUDENT, 1)
     torch.manual_seed(3)  # build_distiller and the CRD memory bank draw from the global generator
     distiller = build_distiller(opt, model_s, model_t)
     to_channels_last(opt, model_s, model_t)
     objective = DistillObjective(wrap(model_s), wrap(model_t), distiller, opt)
     params = [p for module in [model_s, *distiller.trainable_modules()] for p in module.parameters()]
     optimizer = make_optimizer(params, opt.learning_rate, opt)
-    batch = make_batch()
+    batch = tiny_batch()
     result = train_epoch(1, [batch, batch], objective, optimizer, opt, CPU, scaler=grad_scaler(CPU, opt.amp))
     return result.loss, model_s
 
@@ -142,15 +120,14 @@ def test_compile_failure_when_wrapping_falls_back_to_eager(monkeypatch, caplog):
     assert "running it eagerly" in caplog.text
 
 
-def test_compiled_teacher_run_saves_checkpoints_with_unprefixed_keys(tmp_path, monkeypatch):
+def test_compiled_teacher_run_saves_checkpoints_with_unprefixed_keys(tmp_path, monkeypatch, cifar_data):
     monkeypatch.setattr("cli.build.CompiledModule", functools.partial(CompiledModule, backend="eager"))
-    write_synthetic_cifar100(str(tmp_path / "data"), train_per_class=1, test_per_class=1, seed=0)
-    argv = ["--model", "resnet8", "--epochs", "1", "--data_folder", str(tmp_path / "data"), "--save_root",
-            str(tmp_path / "save"), "--batch_size", "50", "--device", "cpu", "--seed", "0", "--compile",
+    argv = ["--model", "resnet8", "--epochs", "1", "--data_folder", str(cifar_data), "--save_root",
+            str(tmp_path / "save"), "--batch_size", "100", "--device", "cpu", "--seed", "0", "--compile",
             "--channels_last"]
     assert train_teacher.main(argv) == 0
     opt = train_teacher.parse_option(argv)
-    saved = torch.load(f"{opt.save_folder}/resnet8_last.pth", map_location="cpu", weights_only=True)
+    saved = load(f"{opt.save_folder}/resnet8_last.pth")
     assert not any("_orig_mod" in key for key in saved["model"])
     model_dict["resnet8"](num_classes=100).load_state_dict(saved["model"], strict=True)
 
@@ -172,11 +149,11 @@ def test_kd_builds_no_feature_lists():
         calls.append(kwargs.get("is_feat", False))
 
     opt = make_opt("kd")
-    model_t, model_s = copy.deepcopy(_pristine(TEACHER, 0)), copy.deepcopy(_pristine(STUDENT, 1))
+    model_t, model_s = fresh_model(TEACHER, 0), fresh_model(STUDENT, 1)
     distiller = build_distiller(opt, model_s, model_t)
     for model in (model_s, model_t):
         model.register_forward_pre_hook(record, with_kwargs=True)
-    DistillObjective(model_s, model_t, distiller, opt)(make_batch())
+    DistillObjective(model_s, model_t, distiller, opt)(tiny_batch())
     assert calls == [False, False]
 
 
@@ -195,13 +172,13 @@ def test_training_loop_reads_no_tensor_values_between_prints(method, monkeypatch
 
     def reads_in(steps: int) -> int:
         opt = make_opt(method)
-        model_t, model_s = copy.deepcopy(_pristine(TEACHER, 0)), copy.deepcopy(_pristine(STUDENT, 1))
+        model_t, model_s = fresh_model(TEACHER, 0), fresh_model(STUDENT, 1)
         distiller = build_distiller(opt, model_s, model_t)
         objective = DistillObjective(model_s, model_t, distiller, opt)
         optimizer = make_optimizer(model_s.parameters(), opt.learning_rate, opt)
-        objective(make_batch())  # CRD reads its constants once, at its first forward
+        objective(tiny_batch())  # CRD reads its constants once, at its first forward
         reads["count"] = 0
-        train_epoch(1, [make_batch()] * steps, objective, optimizer, opt, CPU)
+        train_epoch(1, [tiny_batch()] * steps, objective, optimizer, opt, CPU)
         return reads["count"]
 
     reads_in_two_steps = reads_in(2)
@@ -238,6 +215,15 @@ def test_loss_scaler_only_for_float16_autocast(monkeypatch):
     assert isinstance(grad_scaler(CPU, amp=True), torch.amp.GradScaler)
 
 
+# resnet8's forward multiply-adds per 32x32 image: the 3->16 stem and two 16->16 convolutions at 32x32; then a
+# strided 3x3, a 3x3 and a 1x1 shortcut at 16x16 (16->32 channels) and at 8x8 (32->64); the 64->100 classifier.
+RESNET8_MACS = (3 * 16 * 9 * 32 * 32 + 2 * 16 * 16 * 9 * 32 * 32 + (16 * 32 * 9 + 32 * 32 * 9 + 16 * 32) * 16 * 16
+                + (32 * 64 * 9 + 64 * 64 * 9 + 32 * 64) * 8 * 8 + 64 * 100)
+
+
+PHYSICAL_MB = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 20
+
+
 def test_quick_benchmark_writes_a_well_formed_report(tmp_path):
     report = benchmark.main(["--quick", "--sections", "steps", "--num_workers", "0", "--out", str(tmp_path)])
     markdown = (tmp_path / "BENCHMARKS.md").read_text()
@@ -245,16 +231,25 @@ def test_quick_benchmark_writes_a_well_formed_report(tmp_path):
     (key, section), = report["sections"].items()
     results = section["results"]
     assert key == "steps resnet14->resnet8" and section["environment"]["quick"]
-    assert all(flops > 0 for flops in results["forward_flops_per_image"].values())
+    assert results["forward_flops_per_image"]["student"] == 2 * RESNET8_MACS  # 2 FLOPs per multiply-add
     assert set(results["distill_step"]) == set(DISTILLERS)
     for method, rows in results["distill_step"].items():
-        assert rows["best"] in rows, method
-        for label, row in rows.items():
-            if label != "best":
-                assert row["images_per_s"] > 0 and row["peak_memory_mb"] > 0, (method, label)
-    assert {"faithful", "fp32", "channels_last", "amp (bfloat16)"} <= set(results["distill_step"]["kd"])
+        if "unsupported" in rows:  # a method the pair cannot run: a row of n/a
+            assert f"| {method} | n/a |" in markdown, method
+            continue
+        labels = [label for label in rows if label != "best"]
+        assert labels[0] == "faithful" and {"fp32", "channels_last", "amp (bfloat16)"} <= set(labels), method
+        fastest = max(labels[1:], key=lambda label: rows[label]["images_per_s"])
+        assert rows["best"] == fastest, method
+        for label in labels:  # in MB: a process holding torch and two networks, within the machine's memory
+            row = rows[label]
+            assert 100 < row["peak_memory_mb"] < PHYSICAL_MB and 0 <= row["peak_growth_mb"] <= row["peak_memory_mb"]
+        cells = " | ".join(f"{rows[label]['images_per_s']:,.1f}" for label in labels)
+        assert f"| {method} | {cells} |" in markdown, method  # the table shows the measured numbers
     assert set(results["whole_step"]) == {"kd", "crd"}
-    assert all(row["speedup"] > 0 for row in results["whole_step"].values())
+    for method, row in results["whole_step"].items():
+        assert row["speedup"] == pytest.approx(row["fast_images_per_s"] / row["faithful_images_per_s"])
+        assert row["fast_config"] == results["distill_step"][method]["best"]
     for heading in ("Teacher training step", "Distillation step", "Whole distillation step", "What bounds the step"):
         assert heading in markdown
     assert "unknown peak" in markdown  # CPU: no peak FLOP/s table

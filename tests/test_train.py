@@ -1,6 +1,8 @@
-"""End to end: both scripts on tiny synthetic data, with real output folders and files."""
+"""End to end: both scripts on tiny synthetic data, with real output folders and files; the learning-rate
+schedule and the accuracy they report."""
 import json
 import shutil
+from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -8,8 +10,9 @@ import torch
 
 import train_student
 import train_teacher
-from dataset.synthetic import write_synthetic_cifar100
+from conftest import epochs_trained, init_epochs_trained, load, resumed_after
 from distiller_zoo.base import DISTILLERS
+from helper.util import accuracy, adjust_learning_rate, learning_rate_at
 from models import model_dict
 
 TEACHER = "resnet8x4"
@@ -17,9 +20,9 @@ STUDENT = "resnet8"
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
+def workdir(tmp_path_factory, cifar_data):
     root = tmp_path_factory.mktemp("e2e")
-    write_synthetic_cifar100(str(root / "data"), train_per_class=2, test_per_class=1, seed=0)
+    (root / "data").symlink_to(cifar_data)  # the session's synthetic set, read-only
     return root
 
 
@@ -45,14 +48,9 @@ def teacher_path(workdir, teacher_run):
 
 
 @pytest.fixture(scope="module")
-def same_width_teacher(workdir):
+def same_width_teacher(random_teacher):
     """A (random) resnet20 teacher in the original checkpoint format: FSP/KDSVD need equal channel counts."""
-    dest = workdir / "save" / "models" / "resnet20_vanilla" / "ckpt_epoch_240.pth"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    torch.save({"epoch": 240, "model": model_dict["resnet20"](num_classes=100).state_dict(),
-                "accuracy": torch.tensor(1.0)}, dest)
-    return dest
+    return random_teacher("resnet20")
 
 
 NEEDS_EQUAL_WIDTHS = {"fsp", "kdsvd"}
@@ -62,10 +60,6 @@ def student_argv(root, path_t, distill, *extra):
     weights = ["-a", "0.9", "-b", "0", "-r", "0.1"] if distill == "kd" else ["-a", "0", "-b", "1"]
     return ["--path_t", str(path_t), "--model_s", STUDENT, "--distill", distill, *weights, "--epochs", "1",
             "--init_epochs", "1", "--nce_k", "16", *common(root), *extra]
-
-
-def load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def test_teacher_script_writes_the_original_files(teacher_run):
@@ -107,12 +101,15 @@ def test_every_method_trains_through_train_student(workdir, teacher_path, same_w
         assert results["init_epochs_done"] == 1
     ckpt = load(folder / f"{STUDENT}_last.pth")
     model_dict[STUDENT](num_classes=100).load_state_dict(ckpt["model"], strict=True)
-    if results["best_acc"] > 0:  # written on strict improvement over 0, as the original
-        assert set(load(folder / f"{STUDENT}_best.pth")) == {"epoch", "model", "best_acc"}
+    best = folder / f"{STUDENT}_best.pth"
+    assert best.exists() == (results["best_acc"] > 0)  # written on strict improvement over 0, as the original
+    if best.exists():
+        assert load(best).keys() == {"epoch", "model", "best_acc"} and load(best)["epoch"] == 1
 
 
 @pytest.mark.parametrize("distill", ["crd", "abound"])
-def test_resumed_run_ends_with_the_same_weights(workdir, teacher_path, distill):
+def test_resumed_run_starts_at_the_next_epoch_and_ends_with_the_same_weights(workdir, teacher_path, distill,
+                                                                               capsys):
     extra = ["--deterministic", "--seed", "7", "--lr_decay_epochs", "1"]
     full = student_argv(workdir, teacher_path, distill, *extra, "--trial", "full")
     full[full.index("--epochs") + 1] = "2"
@@ -120,7 +117,12 @@ def test_resumed_run_ends_with_the_same_weights(workdir, teacher_path, distill):
     part = student_argv(workdir, teacher_path, distill, *extra, "--trial", "part")
     assert train_student.main(part) == 0  # stops after epoch 1 ...
     part[part.index("--epochs") + 1] = "2"
+    capsys.readouterr()
     assert train_student.main(part + ["--resume", "auto"]) == 0  # ... and continues to epoch 2
+    log = capsys.readouterr().out
+    init_done = 1 if DISTILLERS[distill].has_init_stage else 0
+    assert resumed_after(log) == (init_done, 1)
+    assert epochs_trained(log) == [2] and init_epochs_trained(log) == []  # nothing trained twice
     a = load(Path(train_student.parse_option(full).save_folder) / "state.pth")
     b = load(Path(train_student.parse_option(part).save_folder) / "state.pth")
     for key in a["model"]:
@@ -129,12 +131,62 @@ def test_resumed_run_ends_with_the_same_weights(workdir, teacher_path, distill):
         assert torch.equal(a["distiller"][key], b["distiller"][key]), key
 
 
-def test_original_data_pipeline_trains_a_crd_student(workdir, teacher_path):
+def test_original_data_pipeline_trains_a_crd_student(workdir, teacher_path, capsys):
     argv = student_argv(workdir, teacher_path, "crd", "--data_backend", "torchvision", "--trial", "tv")
     assert train_student.main(argv) == 0
+    assert epochs_trained(capsys.readouterr().out) == [1]
+    folder = Path(train_student.parse_option(argv).save_folder)
+    results = json.loads((folder / "results.json").read_text())
+    assert results["finished"] and results["opt"]["data_backend"] == "torchvision"
+    # Every training image passed through CRD once, with its own dataset index: each row of both memory
+    # banks was moved towards an embedding and re-normalised (the initial rows are not unit vectors).
+    distiller = load(folder / "state.pth")["distiller"]
+    for bank in ("crd.contrast.memory_v1", "crd.contrast.memory_v2"):
+        norms = distiller[bank].norm(dim=1)
+        assert len(norms) == 200
+        torch.testing.assert_close(norms, torch.ones_like(norms))
 
 
 def test_impossible_method_pair_exits_with_one_clear_line(workdir, teacher_path, capsys):
     assert train_student.main(student_argv(workdir, teacher_path, "fsp", "--trial", "na")) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "fsp" in err[0] and "channel" in err[0]
+
+
+# The learning-rate schedule and the accuracy the scripts report
+
+
+def schedule(lr: float = 0.05) -> Namespace:
+    return Namespace(learning_rate=lr, lr_decay_epochs=[150, 180, 210], lr_decay_rate=0.1)
+
+
+@pytest.mark.parametrize("epoch, lr", [(1, None), (150, None), (151, 0.005), (180, 0.005), (181, 0.0005),
+                                       (210, 0.0005), (211, 0.00005), (240, 0.00005)])
+def test_learning_rate_decays_once_the_epoch_is_strictly_past_each_decay_epoch(epoch, lr):
+    expected = None if lr is None else pytest.approx(lr, rel=1e-12)
+    assert learning_rate_at(epoch, schedule()) == expected
+
+
+def test_adjust_learning_rate_keeps_the_optimizers_rate_until_the_first_decay():
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
+    assert adjust_learning_rate(150, schedule(), optimizer) == 0.01  # untouched, not reset to 0.05
+    assert adjust_learning_rate(151, schedule(), optimizer) == pytest.approx(0.005)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.005)
+    assert adjust_learning_rate(240, schedule(), optimizer) == pytest.approx(0.00005)
+
+
+def test_accuracy_is_the_percentage_of_targets_among_the_top_k_logits():
+    logits = torch.tensor([[0.9, 0.1, 0.2, 0.3, 0.4, 0.5],   # target 0 ranked 1st
+                           [0.1, 0.2, 0.3, 0.4, 0.5, 0.9],   # target 5 ranked 1st
+                           [0.1, 0.2, 0.3, 0.4, 0.8, 0.9],   # target 4 ranked 2nd
+                           [0.6, 0.5, 0.4, 0.3, 0.2, 0.1]])  # target 3 ranked 4th
+    targets = torch.tensor([0, 5, 4, 3])
+    top1, top2, top3, top5 = accuracy(logits, targets, topk=(1, 2, 3, 5))
+    assert (top1.item(), top2.item(), top3.item(), top5.item()) == (50.0, 75.0, 75.0, 100.0)
+    assert top1.shape == ()
+
+
+def test_accuracy_with_fewer_classes_than_k_counts_every_target():
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 2.0]])
+    top1, top5 = accuracy(logits, torch.tensor([2, 2]), topk=(1, 5))
+    assert (top1.item(), top5.item()) == (50.0, 100.0)
