@@ -132,3 +132,22 @@ def resumed_after(log: str) -> tuple[int, int] | None:
     found = _RESUMED_LINE.findall(log)
     assert len(found) <= 1, found
     return tuple(map(int, found[0])) if found else None
+
+
+# Methods that build only for the paper's (teacher, student) pairs, and the cheapest such pair.
+PAPER_PAIR_ONLY = {"reviewkd": ("resnet56", "resnet20")}
+
+
+def pair_for(method: str, teacher: str, student: str) -> tuple[str, str]:
+    """(teacher, student) a test runs ``method`` on: the test's pair unless the method needs a paper pair."""
+    return PAPER_PAIR_ONLY.get(method, (teacher, student))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread: in-process and subprocess runs then compute bit-identically, and small runs stay
+    fast while other test processes share the cores (busy-waiting thread pools slow down when oversubscribed)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -35,6 +35,7 @@ from helper.loops import train_epoch, validate
 from helper.objectives import DistillObjective, InitObjective, TeacherObjective
 from models import model_dict
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 INFO = DATASETS["cifar100"]
@@ -125,14 +126,6 @@ def _project_stack() -> str:
     node = torch._C._current_autograd_node()
     return "".join(traceback.format_list(frames[-4:])) + (f"  in the backward pass, {node.name()}\n" if node else "")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Batches of two small images: more threads only add synchronisation (and spin on a loaded CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def audited(run: Callable[[], object]) -> OpAudit:

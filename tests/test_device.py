@@ -122,3 +122,22 @@ def test_a_saved_state_is_read_on_the_cpu_so_its_random_streams_restore_whatever
     torch.manual_seed(123)
     set_rng_state(state["rng"])
     assert torch.equal(torch.get_rng_state(), expected["torch"])
+
+
+def test_gpu_check_dry_run_lists_the_gpu_tests_the_readme_commands_and_every_method():
+    import subprocess
+    from pathlib import Path
+
+    from distiller_zoo import DISTILLERS
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(["bash", "scripts/gpu_check.sh", "--dry-run"], cwd=root, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    for needle in ("tests/test_gpu.py", "train_teacher.py --model resnet32x4", "--compile reduce-overhead",
+                   "--amp --channels_last", "SIGKILL", "--resume auto", "torch.distributed.run",
+                   "--teacher resnet56 --student resnet20", "--teacher resnet32x4 --student resnet8x4"):
+        assert needle in text, needle
+    deterministic = [line for line in text.splitlines() if "--deterministic" in line and "--distill" in line]
+    assert {line.split("--distill ")[1].split()[0] for line in deterministic} >= set(DISTILLERS)

@@ -13,16 +13,9 @@ from distiller_zoo import DISTILLERS
 from distiller_zoo.ReviewKD import PAIR_CONFIGS, ReviewKDDistiller
 from models import model_dict
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TEACHER, STUDENT = "resnet56", "resnet20"  # the cheapest pair with a layout (ABFs of 114k parameters)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Busy-waiting thread pools slow down badly while other test processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

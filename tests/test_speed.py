@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import train_teacher
-from conftest import fresh_model, load, student_options, tiny_batch
+from conftest import PAPER_PAIR_ONLY, fresh_model, load, pair_for, student_options, tiny_batch
 from distiller_zoo import DISTILLERS, build_distiller
 from helper.engine import make_optimizer, use_fast_sgd
 from helper.loops import grad_scaler, train_epoch, uses_cuda_graphs
@@ -33,14 +33,15 @@ RKD_LAYOUT_TOLERANCE = dict(rel_tol=1e-4, abs_tol=1e-4)
 
 
 def make_opt(method: str, **flags) -> Namespace:
-    """train_student.py's defaults for ``method`` on the equal-width pair; no log line (no host sync) per step."""
-    return student_options(method, TEACHER, STUDENT, print_freq=1000, **flags)
+    """train_student.py's defaults for ``method`` on the equal-width pair (or the paper pair it needs); no log
+    line (no host sync) per step."""
+    return student_options(method, *pair_for(method, TEACHER, STUDENT), print_freq=1000, **flags)
 
 
 def train_two_steps(method: str, wrap=lambda model: model, **flags) -> tuple[float, nn.Module]:
     """(mean loss, student) of two train_epoch steps of ``method`` from fixed weights and data."""
     opt = make_opt(method, **flags)
-    model_t, model_s = fresh_model(TEACHER, 0), fresh_model(STUDENT, 1)
+    model_t, model_s = fresh_model(opt.model_t, 0), fresh_model(opt.model_s, 1)
     torch.manual_seed(3)  # build_distiller and the CRD memory bank draw from the global generator
     distiller = build_distiller(opt, model_s, model_t)
     to_channels_last(opt, model_s, model_t)
@@ -225,14 +226,17 @@ PHYSICAL_MB = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 20
 
 
 def test_quick_benchmark_writes_a_well_formed_report(tmp_path):
-    report = benchmark.main(["--quick", "--sections", "steps", "--num_workers", "0", "--out", str(tmp_path)])
+    # KD and CRD (the whole-step pair) and a method the pair cannot run; every method's row is the same code.
+    methods = ["kd", "crd", *PAPER_PAIR_ONLY]
+    report = benchmark.main(["--quick", "--sections", "steps", "--num_workers", "0", "--out", str(tmp_path),
+                             "--methods", *methods])
     markdown = (tmp_path / "BENCHMARKS.md").read_text()
     assert json.loads((tmp_path / "benchmarks.json").read_text()) == report
     (key, section), = report["sections"].items()
     results = section["results"]
     assert key == "steps resnet14->resnet8" and section["environment"]["quick"]
     assert results["forward_flops_per_image"]["student"] == 2 * RESNET8_MACS  # 2 FLOPs per multiply-add
-    assert set(results["distill_step"]) == set(DISTILLERS)
+    assert set(results["distill_step"]) == set(methods) and "unsupported" in results["distill_step"]["reviewkd"]
     for method, rows in results["distill_step"].items():
         if "unsupported" in rows:  # a method the pair cannot run: a row of n/a
             assert f"| {method} | n/a |" in markdown, method
