@@ -72,7 +72,7 @@ slug() { tr -cs '[:alnum:]' '-' <<<"$1" | tr '[:upper:]' '[:lower:]' | cut -c1-4
 # What the steps that run a function of this script do (the dry run lists these instead of the function's name).
 declare -A DESCRIBE=(
   [make_data]='$PY -m dataset.synthetic --out $WORK/data20k --train-per-class 200 --test-per-class 10, then'
-  [gpu_tests]='$PY -m pytest -q -rs tests/test_gpu.py (a test skipped here fails the step)'
+  [gpu_tests]='$PY -m pytest -q -rs tests/test_gpu.py, then tests/test_determinism.py -k deterministic_cuda (a test skipped here fails the step)'
   [speed_run]="the README's CRD command listed below (its own --save_root) plus these flags; fails on an"
   [kill_and_resume]='train_student.py --distill crd --model_s resnet8x4 -a 0 -b 0.8 --nce_k 256 --deterministic'
   [ddp_run]='$PY -m torch.distributed.run --standalone --nproc_per_node <GPUs> train_student.py + the README'
@@ -181,7 +181,9 @@ make_data() {  # the README runs' 20,000 images (200 a class) and a 500-image se
 
 gpu_tests() {
   "$PY" -m pytest -q -rs -p no:cacheprovider "$ROOT/tests/test_gpu.py" || return
-  if tail -n 3 "$STEP_LOG" | grep -q ' skipped'; then
+  # The CUDA cases of the deterministic-op audit (match_sizes' clear error, real deterministic steps).
+  "$PY" -m pytest -q -rs -p no:cacheprovider "$ROOT/tests/test_determinism.py" -k deterministic_cuda || return
+  if grep -Eq '[0-9]+ skipped' "$STEP_LOG"; then
     echo "tests were skipped on a CUDA machine" | tee -a "$STEP_NOTE"
     return 1
   fi
