@@ -90,11 +90,14 @@ class DistillObjective:
         # Losses in float32 even under autocast (PKT's ~1e-4 values, KL, CRD's exp do not fit bf16).
         logit_s, logit_t = logit_s.float(), logit_t.float()
         ce = F.cross_entropy(logit_s, batch.labels)
-        kl = self.kl(logit_s, logit_t)
+        # At -a 0 (DKD, DIST, most feature methods) the KL is not computed: its weight would zero it anyway.
+        kl = self.kl(logit_s, logit_t) if self.alpha else None
         with torch.autocast(batch.images.device.type, enabled=False):
             term = self.distiller(loss_inputs(feat_s), loss_inputs(feat_t), logit_s, logit_t, batch)
-        loss = self.gamma * ce + self.alpha * kl + self.beta * term
-        terms = {"ce": ce.detach(), "kl": kl.detach(), self.distiller.name: term.detach().sum()}
+        loss = self.gamma * ce + (0.0 if kl is None else self.alpha * kl) + self.beta * term
+        terms = {"ce": ce.detach(), **({} if kl is None else {"kl": kl.detach()}),
+                 # KD has no term of its own (its loss is the KL): no always-zero "kd" curve
+                 **({self.distiller.name: term.detach().sum()} if self.distiller.has_term else {})}
         return StepOutput(loss, logit_s, terms)
 
 

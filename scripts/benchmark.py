@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -835,10 +836,125 @@ def crd_section(args: argparse.Namespace) -> Section:
     return Section("CRD memory kernels", markdown, results)
 
 
+# The logit methods with the authors' CIFAR-100 weights (README's method table); KD is the reference row.
+LOGIT_METHODS = {
+    "KD": ["--distill", "kd", "-r", "0.1", "-a", "0.9", "-b", "0"],
+    "KD+LS": ["--distill", "kd", "-r", "0.1", "-a", "9", "-b", "0", "--kd_T", "2", "--logit_stand"],
+    "DKD": ["--distill", "dkd", "-r", "1", "-a", "0", "-b", "1"],
+    "DKD+LS": ["--distill", "dkd", "-r", "1", "-a", "0", "-b", "1", "--logit_stand", "--dkd_T", "2",
+               "--dkd_alpha", "9", "--dkd_beta", "72"],
+    "DIST": ["--distill", "dist", "-r", "1", "-a", "0", "-b", "2"],
+}
+LOGIT_PAIRS = ["resnet32x4->resnet8x4", "resnet56->resnet20"]  # steps sections whose KD step the cost is set against
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the aten ops dispatched (forward and backward): on a GPU each is at least one kernel launch."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+def logit_objective_work(flags: list[str], batch_size: int, classes: int, device: torch.device
+                         ) -> Callable[[], int]:
+    """Forward + backward of DistillObjective with ``flags`` on fixed logits: student and teacher are one
+    (C, C) linear layer each on a (B, C) input, so everything but the loss (the networks' convolutions, the
+    optimizer) is the same for every method and the differences between rows are the losses' own cost."""
+    opt = train_student.parse_option(["--path_t", "resnet8_vanilla/unused.pth", "--model_s", "resnet8",
+                                      "--batch_size", str(batch_size), "--device", str(device), *flags])
+    generator = torch.Generator().manual_seed(0)
+    model_s, model_t = (torch.nn.Linear(classes, classes).to(device) for _ in range(2))
+    model_t.requires_grad_(False)
+    distiller = DISTILLERS[opt.distill](opt, [], []).to(device)
+    objective = DistillObjective(model_s, model_t, distiller, opt)
+    objective.begin_epoch(100)  # past DKD's warm-up
+    batch = Batch(torch.randn(batch_size, classes, generator=generator).mul_(3).to(device),
+                  torch.randint(0, classes, (batch_size,), generator=generator).to(device))
+
+    def work() -> int:
+        objective(batch).loss.backward()
+        return batch_size
+
+    return work
+
+
+def logit_section(args: argparse.Namespace) -> Section:
+    """What DKD, DIST and logit standardisation add to a distillation step over KD: their loss's forward +
+    backward on (B, 100) logits, set against KD's whole step from the steps sections, plus the aten op count
+    (kernel launches on a GPU)."""
+    args = crd_options(args)  # the same repetition defaults: calls per row
+    device = torch.device(args.device)
+    batch_size, classes = (8 if args.quick else 64), 100
+    works = {label: logit_objective_work(flags, batch_size, classes, device)
+             for label, flags in LOGIT_METHODS.items()}
+    repeats = args.steps if args.quick else max(args.steps, 200)  # sub-millisecond calls: many of them
+    times = call_times(works, warmup=args.warmup, repeats=repeats, device=device)
+    ops = {}
+    for label, work in works.items():
+        with _OpCounter() as counter:
+            work()
+        ops[label] = counter.ops
+    sections = {}
+    json_path = args.output_dir / "benchmarks.json"
+    if json_path.exists():
+        sections = json.loads(json_path.read_text())["sections"]
+    kd_steps = {}  # pair -> ms of KD's fastest whole step at the steps section's batch
+    for pair in LOGIT_PAIRS:
+        kd = sections.get(f"steps {pair}", {}).get("results", {})
+        rows = kd.get("distill_step", {}).get("kd", {})
+        rates = [row["images_per_s"] for row in rows.values() if isinstance(row, dict) and "images_per_s" in row]
+        if rates and kd.get("device") == str(device) and kd.get("batch_size") == batch_size:
+            kd_steps[pair] = 1e3 * batch_size / max(rates)
+    reference = times["KD"]["ms"]
+    rows, results = [], {}
+    for label in LOGIT_METHODS:
+        extra = times[label]["ms"] - reference
+        shares = {pair: 100 * extra / step for pair, step in kd_steps.items()}
+        results[label] = {"ms": times[label]["ms"], "median_ms": times[label]["median_ms"], "extra_ms": extra,
+                          "aten_ops": ops[label], "extra_percent_of_kd_step": shares}
+        rows.append([label, f"`{' '.join(LOGIT_METHODS[label])}`",
+                     f"{times[label]['ms']:.3f}", "-" if label == "KD" else f"{extra:+.3f}",
+                     *(("-" if label == "KD" else f"{shares[pair]:+.2f}%") for pair in kd_steps),
+                     str(ops[label]), "-" if label == "KD" else f"{ops[label] - ops['KD']:+d}"])
+    header = ["method", "flags", "objective fwd+bwd, ms", "over KD, ms",
+              *(f"over KD's fastest {pair} step" for pair in kd_steps), "aten ops (fwd+bwd)", "over KD"]
+    worst = max((r for label, r in results.items() if label != "KD"),
+                key=lambda r: r["extra_ms"])
+    worst_share = max(worst["extra_percent_of_kd_step"].values(), default=None)
+    missing = "" if kd_steps else (" No steps section of this device and batch is in benchmarks.json, so the "
+                                   "costs are not set against a whole step.")
+    markdown = "\n\n".join([
+        f"Batch {batch_size}, {classes} classes, {device.type}. Each row is `DistillObjective` (the loop's loss: "
+        f"CE, the KL term, the method's term) with the method's flags, forward + backward, on fixed logits: student "
+        f"and teacher are one {classes}x{classes} linear layer each, so the networks' cost is left out and what "
+        f"differs between rows is the loss. Fastest of {repeats} calls after {args.warmup} warm-up calls, "
+        f"round-robin over the rows (medians in benchmarks.json). Every other part of the step (the two networks, "
+        f"the student's backward from its logits, the optimizer) is the same for these methods, so *over KD* is "
+        f"what each adds to a step; the step columns set it against KD's fastest whole step of the steps "
+        f"sections (same device and batch).{missing}",
+        table(header, rows),
+        (f"Largest addition: {max(results, key=lambda label: results[label]['extra_ms'])} with "
+         f"{worst['extra_ms']:+.3f} ms per step"
+         + (f", {worst_share:+.2f}% of KD's step: within the 5% budget." if worst_share is not None
+            and worst_share <= 5 else f", {worst_share:+.2f}% of KD's step." if worst_share is not None else ".")
+         + " On a GPU a step of a small CIFAR student is launch-bound: each extra aten op is at least one kernel "
+           "launch (a few microseconds), which CUDA graphs (`--compile reduce-overhead`) remove."),
+    ])
+    return Section("Logit losses: DKD, DIST and LS against KD", markdown,
+                   {"batch_size": batch_size, "classes": classes, "device": str(device), "repeats": repeats,
+                    "warmup_calls": args.warmup, "kd_step_ms": kd_steps, "methods": results})
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace], Section]] = {
     "data": data_section,
     "steps": steps_section,
     "crd": crd_section,
+    "logit": logit_section,
 }
 
 

@@ -379,6 +379,8 @@ for pair in resnet56:resnet20 resnet32x4:resnet8x4; do
     --output_dir "$WORK/bench")
   step "benchmark: step tables ${pair/:/ -> } on cuda" 150 "${run[@]}"
 done
+run=("$PY" "$ROOT/scripts/benchmark.py" --sections logit --device cuda --output_dir "$WORK/bench")
+step "benchmark: DKD, DIST and LS against KD on cuda" 30 "${run[@]}"
 $DRY_RUN && exit 0
 
 # --- the report --------------------------------------------------------------------------------------------
@@ -427,7 +429,7 @@ EOF
     done
   fi
   echo
-  echo "## Benchmark (scripts/benchmark.py --sections steps --device cuda)"
+  echo "## Benchmark (scripts/benchmark.py --sections steps logit --device cuda)"
   echo
   "$PY" - "$WORK/bench/benchmarks.json" <<'EOF'
 import json, sys
@@ -448,6 +450,8 @@ def row(what, config, rate):
 
 for key, section in sections.items():
     print(f"### {section['title']}\n\n{section['markdown']}\n")
+    if "teacher_step" not in section["results"]:  # the logit section: no step rates to turn into epochs
+        continue
     try:
         r = section["results"]
         lines = []

@@ -361,6 +361,26 @@ def test_distill_objective_is_gamma_ce_plus_alpha_kl_plus_beta_term(gamma, alpha
     torch.testing.assert_close(out.logits, logit_s)
 
 
+def test_distill_objective_skips_the_kl_term_at_alpha_zero(monkeypatch):
+    model_t, model_s = make_models(*SAME_FAMILY)
+    opt = make_opt("attention", *SAME_FAMILY, gamma=0.5, alpha=0.0, beta=2.0, kd_T=3)
+    distiller = build_distiller(opt, model_s, model_t)
+    batch = tiny_batch()
+    objective = DistillObjective(model_s, model_t, distiller, opt)
+    reference = DistillObjective(model_s, model_t, distiller, make_opt("attention", *SAME_FAMILY, gamma=0.5,
+                                                                       alpha=1e-30, beta=2.0, kd_T=3))
+    model_s.train()
+    expected = reference(batch).loss  # 1e-30 * KL: below float32's resolution of the loss
+
+    def no_kl(*args):
+        raise AssertionError("the KL term was computed at -a 0")
+
+    monkeypatch.setattr(objective, "kl", no_kl)
+    out = objective(batch)
+    assert set(out.terms) == {"ce", "attention"}
+    torch.testing.assert_close(out.loss, expected, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("method", ["kd", "attention", "abound"])
 def test_an_epoch_of_distillation_keeps_the_teacher_in_eval_mode_with_its_batchnorm_statistics(method):
     model_t, model_s = make_models(*SAME_FAMILY)

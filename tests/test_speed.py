@@ -257,3 +257,16 @@ def test_quick_benchmark_writes_a_well_formed_report(tmp_path):
     for heading in ("Teacher training step", "Distillation step", "Whole distillation step", "What bounds the step"):
         assert heading in markdown
     assert "unknown peak" in markdown  # CPU: no peak FLOP/s table
+
+
+def test_quick_logit_benchmark_sets_each_method_against_kd(tmp_path):
+    report = benchmark.main(["--quick", "--sections", "logit", "--out", str(tmp_path)])
+    markdown = (tmp_path / "BENCHMARKS.md").read_text()
+    results = report["sections"]["logit"]["results"]["methods"]
+    assert list(results) == ["KD", "KD+LS", "DKD", "DKD+LS", "DIST"]
+    for label, row in results.items():
+        assert row["extra_ms"] == pytest.approx(row["ms"] - results["KD"]["ms"])
+        assert f"| {label} | `{' '.join(benchmark.LOGIT_METHODS[label])}` | {row['ms']:.3f} |" in markdown
+    # Each method's own loss adds aten ops over KD's (the KL term is skipped at -a 0).
+    assert all(results[label]["aten_ops"] > results["KD"]["aten_ops"] for label in results if label != "KD")
+    assert "over KD's fastest" not in markdown  # no steps section of this batch in tmp_path: no step columns
