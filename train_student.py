@@ -6,35 +6,54 @@ import sys
 
 from cli.app import cli, prepare_run
 from cli.build import build_data, build_model, load_teacher, maybe_compile, to_channels_last
-from cli.options import (add_common_args, check_common, get_teacher_name, make_run_folders, model_names,
-                         override_small_lr)
+from cli.options import (ScriptParser, add_common_args, check_common, get_teacher_name, make_run_folders,
+                         model_names, override_small_lr, parse_with_recipe)
 from distiller_zoo import DISTILLERS, MethodError, add_method_arguments, build_distiller
+from distiller_zoo.base import methods_help
 from helper.distributed import sum_across_ranks
 from helper.engine import Job, run
 from helper.objectives import DistillObjective
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("argument for training")
+    parser = ScriptParser(
+        "train_student.py", description=__doc__,
+        usage="%(prog)s --path_t CHECKPOINT --distill METHOD --model_s MODEL -a ALPHA [-b BETA] [options]",
+        epilog="The total loss is gamma*CE + alpha*KL + beta*(the method's term). Example (the paper's CRD):\n"
+               "  python train_student.py --path_t ./save/models/resnet32x4_vanilla/ckpt_epoch_240.pth \\\n"
+               "      --distill crd --model_s resnet8x4 -a 0 -b 0.8 --trial 1")
     add_common_args(parser)
-    parser.add_argument("--init_epochs", type=int, default=30, help="init training for two-stage methods")
-    parser.add_argument("--model_s", type=str, default="resnet8", choices=model_names())
-    parser.add_argument("--path_t", type=str, default=None, help="teacher model snapshot")
-    parser.add_argument("--model_t", type=str, default=None, choices=model_names(),
-                        help="teacher architecture (default: parsed from --path_t's folder name)")
-    parser.add_argument("--distill", type=str, default="kd", choices=list(DISTILLERS))
-    parser.add_argument("--trial", type=str, default="1", help="trial id")
-    parser.add_argument("-r", "--gamma", type=float, default=1, help="weight for classification")
-    parser.add_argument("-a", "--alpha", type=float, default=None, help="weight balance for KD")
-    parser.add_argument("-b", "--beta", type=float, default=None, help="weight balance for other losses")
-    parser.add_argument("--kd_T", type=float, default=4, help="temperature for KD distillation")
+    parser.add_argument("--init_epochs", type=int, default=30,
+                        help="epochs of the init stage of abound, factor and fsp, before distillation")
+    parser.add_argument("--model_s", type=str, default="resnet8", choices=model_names(), metavar="MODEL",
+                        help=f"student architecture: {', '.join(model_names())}")
+    parser.add_argument("--path_t", type=str, default=None, metavar="CHECKPOINT",
+                        help="(required) the teacher's checkpoint, e.g. "
+                             "./save/models/resnet32x4_vanilla/ckpt_epoch_240.pth "
+                             "(scripts/fetch_pretrained_teachers.sh fetches the paper's teachers)")
+    parser.add_argument("--model_t", type=str, default=None, choices=model_names(), metavar="MODEL",
+                        help="teacher architecture (default: read from --path_t's folder name, "
+                             "e.g. resnet32x4_vanilla)")
+    parser.add_argument("--distill", type=str, default="kd", choices=sorted(DISTILLERS), metavar="METHOD",
+                        help="distillation method (default: %(default)s). Each with its paper and the weights "
+                             "of its published CIFAR-100 runs (scripts/run_cifar_distill.sh runs them all):\n"
+                             + methods_help())
+    parser.add_argument("--trial", type=str, default="1", help="trial id (the run folder's last part)")
+    parser.add_argument("-r", "--gamma", type=float, default=1, help="weight of the cross-entropy term")
+    parser.add_argument("-a", "--alpha", type=float, default=None,
+                        help="(required) weight of the KL term: 0.9 for KD, 1 for CRD+KD, 0 for the others "
+                             "in the paper")
+    parser.add_argument("-b", "--beta", type=float, default=None,
+                        help="(required, except for --distill kd) weight of the method's own term; the "
+                             "paper's per method: under --distill")
+    parser.add_argument("--kd_T", type=float, default=4, help="temperature of the KL term")
     add_method_arguments(parser)  # each method's own flags, under its name
     return parser
 
 
 def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
     parser = get_args_parser()
-    opt = parser.parse_args(argv)
+    opt = parse_with_recipe(parser, argv)
     check_common(parser, opt)
     method = DISTILLERS[opt.distill]
     if opt.path_t is None:

@@ -6,23 +6,25 @@ import sys
 
 from cli.app import cli, prepare_run
 from cli.build import build_data, build_model, maybe_compile, to_channels_last
-from cli.options import add_common_args, check_common, make_run_folders, model_names, override_small_lr
+from cli.options import (ScriptParser, add_common_args, check_common, make_run_folders, model_names,
+                         override_small_lr, parse_with_recipe)
 from helper.distributed import sum_across_ranks
 from helper.engine import Job, run
 from helper.objectives import TeacherObjective
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("argument for training")
+    parser = ScriptParser("train_teacher.py", description=__doc__, usage="%(prog)s --model MODEL [options]")
     add_common_args(parser)
-    parser.add_argument("--model", type=str, default="resnet110", choices=model_names())
-    parser.add_argument("-t", "--trial", type=int, default=0, help="the experiment id")
+    parser.add_argument("--model", type=str, default="resnet110", choices=model_names(), metavar="MODEL",
+                        help=f"architecture: {', '.join(model_names())}")
+    parser.add_argument("-t", "--trial", type=int, default=0, help="the experiment id (the run folder's last part)")
     return parser
 
 
 def parse_option(argv: list[str] | None = None) -> argparse.Namespace:
     parser = get_args_parser()
-    opt = parser.parse_args(argv)
+    opt = parse_with_recipe(parser, argv)
     check_common(parser, opt)
     opt.lr_override = override_small_lr(opt, opt.model)
     opt.model_name = (f"{opt.model}_{opt.dataset}_lr_{opt.learning_rate}_decay_{opt.weight_decay}"

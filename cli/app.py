@@ -15,9 +15,9 @@ from typing import Callable, Iterator
 import torch
 
 from helper.distributed import cleanup as cleanup_distributed, init_distributed
-from helper.engine import saved_seed
+from helper.engine import check_run_folder, saved_seed
 from helper.errors import UserError
-from helper.util import LOG, seed_everything, setup_logging
+from helper.util import LOG, clear_live_line, seed_everything, setup_logging
 
 
 class Interrupted(KeyboardInterrupt):
@@ -50,20 +50,26 @@ def env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
 
-def resume_command(script: str, argv: list[str]) -> str:
-    """The same command line with ``--resume auto`` in place of any ``--resume`` it had."""
+def rerun_command(script: str, argv: list[str]) -> str:
+    """The command line that ran ``script`` with ``argv`` (under torchrun when it was)."""
     world_size = env_int("WORLD_SIZE", 1)
     launcher = ["python"] if world_size == 1 else ["torchrun", "--nproc_per_node",
                                                    str(env_int("LOCAL_WORLD_SIZE", world_size))]
+    return shlex.join([*launcher, script, *argv])
+
+
+def resume_command(script: str, argv: list[str]) -> str:
+    """The same command line with ``--resume auto`` in place of any ``--resume`` it had (and without
+    ``--overwrite``, which would delete what it resumes)."""
     kept, skip = [], False
     for word in argv:
         if skip:
             skip = False
         elif word == "--resume":
             skip = True
-        elif not word.startswith("--resume="):
+        elif not word.startswith("--resume=") and word != "--overwrite":
             kept.append(word)
-    return shlex.join([*launcher, script, *kept, "--resume", "auto"])
+    return rerun_command(script, [*kept, "--resume", "auto"])
 
 
 def cli(main: Callable[[list[str] | None], object]) -> Callable[[list[str] | None], int]:
@@ -76,16 +82,26 @@ def cli(main: Callable[[list[str] | None], object]) -> Callable[[list[str] | Non
             with stop_on_signals():
                 main(argv)
         except UserError as e:
+            clear_live_line()
             print(f"error: {e}", file=sys.stderr)
             return 1
         except Interrupted as e:
+            clear_live_line()
             if env_int("RANK", 0) != 0:  # one message per job
                 return 128 + e.signum
             script = sys.argv[0] if argv is None else Path(inspect.getfile(main)).name
             args = sys.argv[1:] if argv is None else list(argv)
-            print(f"interrupted by {signal.Signals(e.signum).name}: training stopped; the state saved at the end "
-                  f"of the last finished epoch (state.pth in the run folder) is kept. Resume with:\n"
-                  f"  {resume_command(script, args)}", file=sys.stderr)
+            name = signal.Signals(e.signum).name
+            # Set by engine.run; stopped before training started, a state named by --resume is still there.
+            resumable = getattr(e, "resumable", any(word.split("=")[0] == "--resume" for word in args))
+            if resumable:
+                print(f"interrupted by {name}: training stopped; the state saved at the end of the last "
+                      f"finished epoch (state.pth in the run folder) is kept. Resume with:\n"
+                      f"  {resume_command(script, args)}", file=sys.stderr)
+            else:
+                print(f"interrupted by {name} before the first epoch ended: no state was saved, so there is "
+                      f"nothing to resume. Start again with the same command:\n"
+                      f"  {rerun_command(script, args)}", file=sys.stderr)
             return 128 + e.signum
         finally:
             cleanup_distributed()
@@ -96,7 +112,9 @@ def cli(main: Callable[[list[str] | None], object]) -> Callable[[list[str] | Non
 
 def prepare_run(opt) -> torch.device:
     """This process's GPU made current, the process group (under torchrun), logging, seeds and cuDNN settings
-    (output folders are made later, once every input is checked)."""
+    (output folders are made later, once every input is checked). An earlier run in the run folder is refused
+    unless --resume or --overwrite says what to do with it."""
+    check_run_folder(opt)
     device = torch.device(opt.device)  # indexed when CUDA (choose_device)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # before the process group: NCCL binds each rank to the current GPU

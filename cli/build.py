@@ -8,6 +8,7 @@ from torch import nn
 
 from dataset import DATASETS, build_loaders
 from distiller_zoo import DataNeeds
+from cli.weights import resolve_teacher_path
 from helper.checkpoint import load_model_weights
 from helper.distributed import check_global_batch
 from helper.errors import UserError
@@ -18,7 +19,7 @@ def build_model(opt, name: str, device: torch.device) -> nn.Module:
     """Network ``name`` of ``opt.dataset``'s model zoo, with its number of classes, on ``device``."""
     info = DATASETS[opt.dataset]
     if name not in info.models:
-        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(info.models)}")
+        raise UserError(f"unknown model {name!r} for --dataset {opt.dataset}; choose one of: {', '.join(info.models)}")
     return info.models[name](num_classes=info.num_classes).to(device)
 
 
@@ -26,7 +27,7 @@ def load_teacher(opt, device: torch.device) -> nn.Module:
     """``--model_t`` with the weights of ``--path_t``."""
     LOG.info("==> loading teacher model")
     model_t = build_model(opt, opt.model_t, device)
-    load_model_weights(model_t, opt.path_t, opt.model_t, map_location=device)
+    load_model_weights(model_t, resolve_teacher_path(opt.path_t), opt.model_t, map_location=device)
     LOG.info("==> done")
     return model_t
 
@@ -38,7 +39,8 @@ def build_data(opt, device: torch.device, needs: DataNeeds | None = None):
         opt.data_folder, opt.data_backend, opt.batch_size, opt.num_workers, device,
         instance=needs is not None, crd_k=needs.contrast_k if needs else None,
         crd_mode=needs.contrast_mode if needs else "exact", seed=opt.seed,
-        rank=getattr(opt, "rank", 0), world_size=getattr(opt, "world_size", 1), dataset=opt.dataset)
+        rank=getattr(opt, "rank", 0), world_size=getattr(opt, "world_size", 1), dataset=opt.dataset,
+        image_size=getattr(opt, "image_size", None))
     check_global_batch(opt, loaders[2])
     return loaders
 

@@ -200,7 +200,9 @@ class ContrastMemory(nn.Module):
         self.params[slot] = _mean_over_ranks(logits.exp().mean()) * self.nLem
         z = self.params[slot].item()
         self._constants = self._constants._replace(**{name: z})
-        LOG.info(f"normalization constant {name} is set to {z:.1f}")
+        side = "student" if name == "Z_v1" else "teacher"
+        LOG.info(f"CRD: normalization constant {name} is set to {z:.1f} (divides the {side} embedding's "
+                 f"contrast scores; set from the first batch, as in the original)")
         return z
 
     @staticmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import pickle
+import shlex
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -119,7 +120,9 @@ def ensure_cifar100(data_folder: str | Path, download: bool = True) -> Path:
     if not missing:
         return folder
     how = (f"download {ARCHIVE_URL} and extract it in {Path(data_folder)} so that {folder} holds "
-           f"{', '.join(SPLIT_FILES)}")
+           f"{', '.join(SPLIT_FILES)}; or, to try the code offline, write a small synthetic set in the same "
+           f"format there (its accuracies mean nothing): python -m dataset.synthetic --out "
+           f"{shlex.quote(str(data_folder))}")
     if not download:
         raise DatasetError(f"CIFAR-100 not found: {folder} lacks {', '.join(missing)}; {how}")
     try:
@@ -178,6 +181,8 @@ class CIFAR100InstanceSample(CIFAR100):
         if 0 < percent < 1:
             self.cls_negative = [np.random.permutation(negatives)[:int(len(negatives) * percent)]
                                  for negatives in self.cls_negative]
+        # k above it: some samples' negatives are drawn with replacement, and repeat
+        self.smallest_pool = min(len(self.cls_negative[c]) for c in range(NUM_CLASSES) if len(self.cls_positive[c]))
 
     def __getitem__(self, index: int) -> tuple[Any, Any, int] | tuple[Any, Any, int, np.ndarray]:
         img, target = super().__getitem__(index)

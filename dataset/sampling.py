@@ -71,6 +71,7 @@ class ContrastSampler:
             raise DatasetError("CRD needs negatives, but the training set holds a single class (or, with a "
                                "percent subsample, a class whose negative pool is empty); use a dataset with "
                                "several classes")
+        self.smallest_pool = int(pool_size[present].min())  # k above it: some anchors' negatives repeat
         with_replacement = k > pool_size
         self.all_distinct = not with_replacement[present].any()
         self.all_with_replacement = bool(with_replacement[present].all())

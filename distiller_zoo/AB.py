@@ -35,6 +35,7 @@ class ABLoss(nn.Module):
 class ABDistiller(Distiller):
     """AB as an initialisation method: the init stage trains a connector and the student's feature layers
     on pre-activation block outputs; the main stage adds no term (plain CE + KD)."""
+    paper_weights = "AB (Heo et al. 2019): -r 1 -a 0 -b 1, with an init stage"
 
     student_preact = teacher_preact = True
     has_init_stage = True

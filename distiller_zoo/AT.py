@@ -30,6 +30,7 @@ class Attention(nn.Module):
 @register_distiller("attention")
 class ATDistiller(Distiller):
     """AT on every block output."""
+    paper_weights = "AT (Zagoruyko & Komodakis 2017): -r 1 -a 0 -b 1000"
 
     def __init__(self, opt, feat_s, feat_t):
         super().__init__(opt, feat_s, feat_t)

@@ -20,6 +20,7 @@ class Correlation(nn.Module):
 @register_distiller("correlation")
 class CCDistiller(Distiller):
     """CC on linear embeddings (``--feat_dim``) of the pooled features."""
+    paper_weights = "CC (Peng et al. 2019): -r 1 -a 0 -b 0.02"
 
     @classmethod
     def add_arguments(cls, group: FlagGroup) -> None:

@@ -16,6 +16,7 @@ from .base import DataNeeds, Distiller, FlagGroup, MethodError, pooled, register
 class CRDDistiller(Distiller):
     """CRD on the pooled features: trainable student/teacher embedding heads and a memory bank
     (a buffer, saved in ``state_dict`` for resume) with one row per training sample (``opt.n_data``)."""
+    paper_weights = "CRD (Tian et al. 2020): -r 1 -a 0 -b 0.8; CRD+KD: -r 1 -a 1 -b 0.8"
 
     @classmethod
     def add_arguments(cls, group: FlagGroup) -> None:
@@ -38,10 +39,6 @@ class CRDDistiller(Distiller):
 
     def __init__(self, opt, feat_s, feat_t):
         super().__init__(opt, feat_s, feat_t)
-        if opt.nce_k >= opt.n_data:
-            raise MethodError(f"--nce_k {opt.nce_k} is too large: CRD draws its negatives from the other samples "
-                              f"of the training set, which holds {opt.n_data} images; use --nce_k below "
-                              f"{opt.n_data} (the paper uses 16384 of CIFAR-100's 50000)")
         crd_opt = SimpleNamespace(s_dim=pooled(feat_s).shape[1], t_dim=pooled(feat_t).shape[1],
                                   feat_dim=opt.feat_dim, nce_k=opt.nce_k, nce_t=opt.nce_t, nce_m=opt.nce_m,
                                   n_data=opt.n_data)

@@ -49,6 +49,7 @@ class DISTDistiller(Distiller):
     batch) gives it no information, so it is the constant gamma*tau^2 there (finite, no gradient), and
     ``--batch_size 1`` is refused. The logits are not standardised under --logit_stand (the LS authors wire it
     to KD and DKD only); that flag changes only the KL term, so ``--logit_stand`` with ``-a 0`` is refused."""
+    paper_weights = "DIST (Huang et al. 2022): -r 1 -a 0 -b 2"
 
     uses_features = False
 

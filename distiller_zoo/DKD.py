@@ -54,6 +54,7 @@ class DKDDistiller(Distiller):
     where theirs break: a student row whose target or non-target mass underflows float32 (logit gaps of ~88*T,
     reachable at --dkd_T 1) gets a finite loss and the exact gradient in log space instead of a NaN gradient
     row, which would reach the weights unnoticed (the loop checks the loss, and that stays finite)."""
+    paper_weights = "DKD (Zhao et al. 2022): -r 1 -a 0 -b 1, --dkd_beta per pair (8 for resnet32x4 -> resnet8x4)"
 
     uses_features = False
 

@@ -40,6 +40,7 @@ class FSP(nn.Module):
 class FSPDistiller(Distiller):
     """FSP as an initialisation method: the init stage trains the student's feature layers; the main
     stage adds no term (plain CE + KD)."""
+    paper_weights = "FSP (Yim et al. 2017): -r 1 -a 0 -b 50, with an init stage"
 
     has_init_stage = True
 

@@ -44,6 +44,7 @@ class FactorTransfer(nn.Module):
 class FTDistiller(Distiller):
     """FT: the init stage trains the paraphraser (teacher auto-encoder); the main stage trains a
     translator so the student's factor matches the frozen paraphraser's factor of the teacher."""
+    paper_weights = "FT (Kim et al. 2018): -r 1 -a 0 -b 200, with an init stage"
 
     has_init_stage = True
 

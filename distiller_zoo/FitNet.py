@@ -23,6 +23,7 @@ class HintLoss(nn.Module):
 @register_distiller("hint")
 class HintDistiller(Distiller):
     """FitNets: a ConvReg maps the student's ``--hint_layer`` feature onto the teacher's."""
+    paper_weights = "FitNet (Romero et al. 2015): -r 1 -a 0 -b 100"
 
     @classmethod
     def add_arguments(cls, group: FlagGroup) -> None:

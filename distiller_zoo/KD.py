@@ -42,6 +42,7 @@ class DistillKL(nn.Module):
 class KDDistiller(Distiller):
     """Plain KD: the KL term (``-a/--alpha``) is computed by the loop for every method; no extra term.
     With --logit_stand it is KD+LS (the authors' CIFAR recipe: ``-r 0.1 -a 9 --kd_T 2``)."""
+    paper_weights = "KD (Hinton et al. 2015): -r 0.1 -a 0.9 -b 0"
 
     uses_features = False
     has_term = False

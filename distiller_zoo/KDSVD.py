@@ -63,6 +63,7 @@ class KDSVD(nn.Module):
 @register_distiller("kdsvd")
 class KDSVDDistiller(Distiller):
     """KDSVD on every block output (student and teacher must have equal widths)."""
+    paper_weights = "KDSVD (Lee et al. 2018): not in the paper's table"
 
     def __init__(self, opt, feat_s, feat_t):
         super().__init__(opt, feat_s, feat_t)

@@ -46,6 +46,7 @@ class NSTLoss(nn.Module):
 @register_distiller("nst")
 class NSTDistiller(Distiller):
     """NST on every block output."""
+    paper_weights = "NST (Huang & Wang 2017): -r 1 -a 0 -b 50"
 
     def __init__(self, opt, feat_s, feat_t):
         super().__init__(opt, feat_s, feat_t)

@@ -32,6 +32,7 @@ class PKT(nn.Module):
 @register_distiller("pkt")
 class PKTDistiller(Distiller):
     """PKT on the pooled features."""
+    paper_weights = "PKT (Passalis & Tefas 2018): -r 1 -a 0 -b 30000"
 
     def __init__(self, opt, feat_s, feat_t):
         super().__init__(opt, feat_s, feat_t)

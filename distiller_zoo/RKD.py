@@ -54,6 +54,7 @@ class RKDLoss(nn.Module):
 @register_distiller("rkd")
 class RKDDistiller(Distiller):
     """RKD on the pooled features."""
+    paper_weights = "RKD (Park et al. 2019): -r 1 -a 0 -b 1"
 
     def __init__(self, opt, feat_s, feat_t):
         super().__init__(opt, feat_s, feat_t)

@@ -181,6 +181,7 @@ def check_layout(opt, config: ReviewKDConfig, feat_s: Features, feat_t: Features
 class ReviewKDDistiller(Distiller):
     """ReviewKD: ABFs (trainable, train-mode BatchNorm) fuse the student's deepest ``levels`` features and
     match each teacher pre-activation feature after the stem (pooled vector included) through HCL."""
+    paper_weights = "ReviewKD (Chen et al. 2021): -r 1 -a 0 -b 5 for resnet32x4 -> resnet8x4, -b per pair (README)"
 
     teacher_preact = True
 

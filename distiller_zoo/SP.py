@@ -28,6 +28,7 @@ class Similarity(nn.Module):
 @register_distiller("similarity")
 class SPDistiller(Distiller):
     """SP on the last feature map."""
+    paper_weights = "SP (Tung & Mori 2019): -r 1 -a 0 -b 3000"
 
     def __init__(self, opt, feat_s, feat_t):
         super().__init__(opt, feat_s, feat_t)

@@ -41,6 +41,7 @@ class VIDLoss(nn.Module):
 @register_distiller("vid")
 class VIDDistiller(Distiller):
     """VID on every block output, one trainable VIDLoss (regressor + variance) per layer."""
+    paper_weights = "VID (Ahn et al. 2019): -r 1 -a 0 -b 1"
 
     def __init__(self, opt, feat_s, feat_t):
         super().__init__(opt, feat_s, feat_t)

@@ -15,7 +15,7 @@ from typing import Callable, ClassVar
 import torch
 from torch import nn
 
-from dataset.info import DATASETS
+from dataset.info import dataset_info
 from helper.errors import UserError
 
 DISTILLERS: dict[str, type["Distiller"]] = {}
@@ -96,6 +96,7 @@ class Distiller(nn.Module):
     teacher_preact: ClassVar[bool] = False  # True: the teacher's features are taken before the ReLU (AB)
     has_init_stage: ClassVar[bool] = False  # AB, FT, FSP
     has_term: ClassVar[bool] = True  # False: no loss term of its own, so -b/--beta is optional (KD)
+    paper_weights: ClassVar[str] = ""  # its paper and published CIFAR-100 weights, listed under --distill in --help
 
     def __init__(self, opt, feat_s: list[torch.Tensor], feat_t: list[torch.Tensor]):
         super().__init__()
@@ -188,7 +189,7 @@ def build_distiller(opt, model_s: nn.Module, model_t: nn.Module) -> Distiller:
         raise MethodError(f"unknown --distill {opt.distill!r}; valid names: {', '.join(sorted(DISTILLERS))}")
     device = next(model_s.parameters()).device
     # Drawn from the global CPU generator like the original, so later RNG consumers see the same state.
-    data = torch.randn(2, *DATASETS[opt.dataset].image_shape).to(device)
+    data = torch.randn(2, *dataset_info(opt).image_shape).to(device)
     modes_s, modes_t = _modes(model_s), _modes(model_t)
     model_t.eval()
     model_s.eval()
@@ -231,6 +232,13 @@ class FlagGroup:
                 raise TypeError(f"method flag {names[0]} declared twice with different defaults")
             return
         self.group.add_argument(*names, **kwargs)
+
+
+def methods_help() -> str:
+    """One line per method for --distill's help: its name and the weights of its published runs."""
+    width = max(map(len, DISTILLERS))
+    return "\n".join(f"  {name.ljust(width)}  {cls.paper_weights or '-'}"
+                     for name, cls in sorted(DISTILLERS.items()))
 
 
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,6 +5,8 @@ import json
 import os
 import re
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -41,6 +43,7 @@ def _write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None],
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # the mode torch.save gives, not mkstemp's private 0600
             recorder = _WriteErrorRecorder(f)
             try:
                 write(recorder)
@@ -66,6 +69,20 @@ def _write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None],
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass
+
+
+def _umask() -> int:
+    """The process's umask (read from /proc where it can be, without changing it even for a moment)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 class _WriteErrorRecorder:
@@ -131,13 +148,43 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                 f"torch.load(weights_only=True) for safety, so it is refused. Re-save it with plain "
                 f"tensors/dicts (e.g. torch.save({{'model': state_dict}}, path))."
             ) from None
+        damage = describe_damage(path)
+        if damage is not None:
+            raise CheckpointError(f"{path} is {damage}: not a readable PyTorch checkpoint") from None
         detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
         detail = detail.group(1) if detail else (text.splitlines()[0] if text else "")
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt?): "
                               f"{type(e).__name__}: {detail}") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, expected a checkpoint dict")
     return ckpt
+
+
+def describe_damage(path: str | os.PathLike) -> str | None:
+    """What is wrong with a file torch.load refused, read from its bytes: empty, truncated, not a zip archive
+    (torch.save's format), a corrupt archive member; None when the archive itself is sound (or it is the
+    legacy pickle format, which has no such structure)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(4)
+        if size == 0:
+            return "empty (0 bytes)"
+        if head != b"PK\x03\x04":
+            if head[:1] == b"\x80":  # a pickle: the legacy torch.save format
+                return None
+            return f"not a zip archive, as torch.save writes (it starts with {head!r})"
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()  # reads every member and checks its CRC
+        except (zipfile.BadZipFile, EOFError):
+            return f"truncated ({size} bytes, the end of its zip archive is missing: an unfinished write or copy)"
+        except (OSError, zlib.error) as e:
+            return f"a corrupt zip archive ({e})"
+        return None if bad is None else f"corrupt (archive member {bad} fails its CRC check)"
+    except OSError:
+        return None
 
 
 def state_dict_mismatch(model: nn.Module, state: dict[str, torch.Tensor], limit: int = 3) -> str | None:
@@ -160,11 +207,14 @@ def state_dict_mismatch(model: nn.Module, state: dict[str, torch.Tensor], limit:
 def load_model_weights(model: nn.Module, path: str | os.PathLike, arch: str,
                        map_location: str | torch.device = "cpu",
                        hint: str = "Is it a checkpoint of another model? (use --model_t to name it)") -> dict:
-    """Load ``ckpt['model']`` from ``path`` into ``model`` with ``strict=True``; return the checkpoint."""
+    """Load ``ckpt['model']`` (or a plain state_dict file, such as torchvision's published weights) from ``path``
+    into ``model`` with ``strict=True``; return the checkpoint."""
     ckpt = load_checkpoint(path, map_location)
-    state = ckpt.get("model")
+    plain = "model" not in ckpt and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values())
+    state = ckpt if plain else ckpt.get("model")
     if not isinstance(state, dict):
-        raise CheckpointError(f"{path} has no 'model' state_dict (keys: {sorted(ckpt)[:5]})")
+        raise CheckpointError(f"{path} has no 'model' state_dict and is not a state_dict itself "
+                              f"(keys: {sorted(ckpt)[:5]})")
     problem = state_dict_mismatch(model, state)
     if problem:
         raise CheckpointError(f"{path} does not fit architecture {arch}: {problem}. {hint}".rstrip())

@@ -1,6 +1,8 @@
 """Runs a whole training job for both scripts: init stage, epochs, validation, checkpoints, logs, resume."""
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,12 +14,23 @@ from helper.checkpoint import (CheckpointError, ensure_writable, load_checkpoint
                                state_dict_mismatch, write_json_atomic)
 from helper.distributed import (average_buffers, broadcast_state, gather_objects, parallel,
                                 rank_rng_state)
+from helper.errors import UserError
 from helper.loops import EpochResult, grad_scaler, train_epoch, validate
+from helper.progress import RunTimer, format_duration
 from helper.objectives import InitObjective
 from helper.util import LOG, adjust_learning_rate, options_dict, rng_state, set_rng_state
 
 STATE_FILE = "state.pth"
 PREVIOUS_STATE_FILE = "state.prev.pth"  # the state before the latest: the fallback if state.pth is damaged
+DAMAGED_STATE_FILE = "state.damaged.pth"  # a damaged state.pth, set aside when a resume falls back
+RESULTS_FILE = "results.json"
+# What a run writes in its folder: --overwrite deletes these of an earlier run (TensorBoard events too).
+RUN_FILES = (STATE_FILE, PREVIOUS_STATE_FILE, DAMAGED_STATE_FILE, RESULTS_FILE, "*_best.pth", "*_last.pth",
+             "ckpt_epoch_*.pth")
+
+
+class RunFolderTaken(UserError):
+    """The run folder holds an earlier run and neither --resume nor --overwrite says what to do with it."""
 
 
 @dataclass
@@ -39,18 +52,21 @@ class Job:
 
 
 class TensorBoard:
-    """Scalars through torch.utils.tensorboard; a no-op on non-main ranks."""
+    """Scalars through torch.utils.tensorboard; a no-op on non-main ranks. The event file is created with the
+    first scalar, so that a run with nothing left to train (a resumed finished run) leaves none behind."""
 
     def __init__(self, folder: str | None):
+        self.folder = folder
         self.writer = None
-        if folder is not None:
-            from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only where it writes
-
-            self.writer = SummaryWriter(log_dir=folder, flush_secs=2)
 
     def log(self, name: str, value: float, step: int) -> None:
-        if self.writer is not None:
-            self.writer.add_scalar(name, value, step)
+        if self.folder is None:
+            return
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only where it writes
+
+            self.writer = SummaryWriter(log_dir=self.folder, flush_secs=2)
+        self.writer.add_scalar(name, value, step)
 
     def close(self) -> None:
         if self.writer is not None:
@@ -86,11 +102,8 @@ def main_parameters(job: Job) -> list[nn.Parameter]:
     return [p for m in main_modules(job) for p in m.parameters()]
 
 
-def _format_eta(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+def _epochs(n: int) -> str:
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
 
 
 class Progress:
@@ -122,6 +135,47 @@ def resume_candidates(opt) -> list[Path]:
     return [path for path in (folder / STATE_FILE, folder / PREVIOUS_STATE_FILE) if path.exists()]
 
 
+def check_run_folder(opt) -> None:
+    """Refuse to start a run over the state, results or last checkpoint of an earlier one in its folder, unless
+    --resume (continue it) or --overwrite (delete it) says so; the message offers both, and another --trial."""
+    if getattr(opt, "overwrite", False) or (opt.resume and (opt.resume != "auto" or resume_candidates(opt))):
+        return
+    folder = Path(opt.save_folder)
+    has_state = any((folder / name).exists() for name in (STATE_FILE, PREVIOUS_STATE_FILE))
+    if not (has_state or (folder / RESULTS_FILE).exists() or any(folder.glob("*_last.pth"))):
+        return
+    try:
+        results = json.loads((folder / RESULTS_FILE).read_text())
+        finished, done, total = bool(results["finished"]), int(results["epochs_done"]), int(results["epochs"])
+        held = f"a {'finished' if finished else 'stopped'} run ({done} of {total} epochs done)"
+    except (OSError, ValueError, KeyError, TypeError):
+        finished = not has_state
+        held = "a finished run" if finished else "the saved state of a stopped run"
+    resume = (["rerun with --resume auto to train it further (e.g. with more --epochs)"] if finished else
+              ["rerun the same command with --resume auto to continue it"]) if has_state else []
+    raise RunFolderTaken(f"{folder} already holds {held}: " + "; ".join(
+        resume + ["give another --trial to keep it", "or add --overwrite to delete it and start again"]))
+
+
+def clear_run_folder(opt) -> None:
+    """--overwrite: delete what an earlier run wrote in this run's folders, so that none of it is taken for
+    this run's (and --resume auto cannot go back to it)."""
+    folder, tb_folder = Path(opt.save_folder), Path(opt.tb_folder)
+    old = [path for pattern in RUN_FILES for path in folder.glob(pattern)]
+    old += list(tb_folder.glob("events.out.tfevents.*"))
+    for path in old:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise UserError(f"--overwrite: cannot delete {path}: {e.strerror or e}; fix the folder's "
+                            f"permissions or delete it yourself") from None
+    if old:
+        LOG.info(f"==> --overwrite: deleted the {len(old)} files of the earlier run in {folder}"
+                 f"{' and ' + str(tb_folder) if tb_folder.exists() else ''}")
+
+
 def saved_seed(opt) -> int | None:
     """The seed of the run a resume continues (the tensor data path derives every epoch's order from it)."""
     for path in resume_candidates(opt):
@@ -138,13 +192,27 @@ def load_resume_state(job: Job) -> tuple[Path, dict] | None:
     candidates = resume_candidates(job.opt)
     if job.opt.resume == "auto" and not candidates:
         LOG.info(f"==> --resume auto: no saved state in {job.opt.save_folder}, starting from scratch")
+    damaged = []
     for path, fallback in zip(candidates, candidates[1:] + [None]):
         try:
-            return path, load_state(job, path)
+            state = load_state(job, path)
         except CheckpointError as e:
             if fallback is None:
                 raise
             LOG.warning(f"==> WARNING: {e}; resuming from the previous state {fallback} instead")
+            damaged.append(path)
+            continue
+        if job.is_main:
+            for bad in damaged:  # else the next save would rotate it into state.prev.pth, over the good one
+                aside = bad.with_name(DAMAGED_STATE_FILE)
+                try:
+                    os.replace(bad, aside)
+                except OSError as e:
+                    raise CheckpointError(f"cannot move the damaged {bad} aside to {aside}: {e.strerror or e}; "
+                                          f"fix the folder's permissions, or delete {bad}") from None
+                LOG.warning(f"==> the damaged {bad.name} is set aside as {aside.name}, so that {path.name} "
+                            f"stays the previous state")
+        return path, state
     return None
 
 
@@ -194,7 +262,7 @@ def write_results(job: Job, progress: Progress, finished: bool) -> None:
         "model": job.model_name,
         "teacher": getattr(opt, "model_t", None) if job.kind == "student" else None,
         "distill": getattr(opt, "distill", None) if job.kind == "student" else None,
-        "trial": str(opt.trial),
+        "trial": opt.trial,  # as parsed from the command line: a string for students, an int for teachers
         "opt": options_dict(opt),
         "teacher_acc": progress.teacher_acc,
         "best_acc": progress.best_acc,
@@ -207,7 +275,7 @@ def write_results(job: Job, progress: Progress, finished: bool) -> None:
         "finished": finished,
         "wall_time_s": round(progress.wall_time, 3),
     }
-    write_json_atomic(data, Path(opt.save_folder) / "results.json")
+    write_json_atomic(data, Path(opt.save_folder) / RESULTS_FILE)
 
 
 @dataclass
@@ -262,9 +330,20 @@ class EpochEnd:
 
 
 def run(job: Job) -> Progress:
-    """Train ``job.model`` to the end (or from a saved state), writing the original's files."""
-    opt, device = job.opt, job.device
+    """Train ``job.model`` to the end (or from a saved state), writing the original's files. An interruption
+    (Ctrl-C, SIGTERM) leaves with ``resumable`` set on it: whether a state of this run is there to resume."""
     progress = Progress()
+    try:
+        return _run(job, progress)
+    except KeyboardInterrupt as e:
+        folder = Path(job.opt.save_folder)
+        e.resumable = bool(progress.epochs_done or progress.init_epochs_done) and any(
+            (folder / name).exists() for name in (STATE_FILE, PREVIOUS_STATE_FILE))
+        raise
+
+
+def _run(job: Job, progress: Progress) -> Progress:
+    opt, device = job.opt, job.device
     broadcast_state(job.model, job.distiller)  # several processes: each built them from its own seed
     init_objective = None
     if job.distiller is not None and job.distiller.has_init_stage and opt.init_epochs > 0:
@@ -280,20 +359,29 @@ def run(job: Job) -> Progress:
     if job.is_main:
         for folder in (opt.save_folder, opt.tb_folder):
             ensure_writable(folder)
+        if getattr(opt, "overwrite", False):
+            clear_run_folder(opt)
     tb = TensorBoard(opt.tb_folder if job.is_main else None)
     end_epoch = EpochEnd(job, progress, optimizers, tb)
-    if init_objective is not None and progress.init_epochs_done < opt.init_epochs:
-        LOG.info(f"==> init stage of {opt.distill}: {opt.init_epochs} epochs at lr "
-                 f"{optimizers.init.param_groups[0]['lr']}")
+    init_left = opt.init_epochs - progress.init_epochs_done if init_objective is not None else 0
+    timer = RunTimer(max(init_left, 0) + max(opt.epochs - progress.epochs_done, 0))
+    if init_left > 0:
+        left = f", {init_left} left" if init_left < opt.init_epochs else ""
+        LOG.info(f"==> init stage of {opt.distill} (before distillation, --init_epochs): "
+                 f"{_epochs(opt.init_epochs)}{left} at lr {optimizers.init.param_groups[0]['lr']}")
         init_step = parallel(init_objective, init_objective.modules, opt, unused_parameters=True)
         for epoch in range(progress.init_epochs_done + 1, opt.init_epochs + 1):
             started = time.perf_counter()
             job.train_loader.set_epoch(-epoch)  # init epochs get their own shuffles
             result = train_epoch(epoch, job.train_loader, init_step, optimizers.init, opt, device,
-                                 stage="init", scaler=optimizers.scaler)
+                                 stage="init", scaler=optimizers.scaler, timer=timer)
             average_buffers(init_objective.modules)
-            LOG.info(f"Epoch: [{epoch}]\t init_train_loss {result.loss:.3f}\t time {result.seconds:.1f}s")
             end_epoch("init", epoch, result, started)
+            seconds = time.perf_counter() - started
+            timer.epoch_done(seconds)
+            LOG.info(f"==> init epoch {epoch}/{opt.init_epochs}: {seconds:.1f}s, "
+                     f"{result.images / max(result.seconds, 1e-9):.0f} images/s, init loss {result.loss:.4f}, "
+                     f"ETA {format_duration(timer.eta())}")
 
     if job.kind == "student" and progress.teacher_acc is None:
         teacher_acc, _, _ = validate(job.test_loader, job.teacher, device, opt, job.reduce)
@@ -303,7 +391,6 @@ def run(job: Job) -> Progress:
     run_start_epoch = progress.epochs_done + 1
     if progress.epochs_done:
         LOG.info(f"==> continuing at epoch {run_start_epoch}/{opt.epochs}")
-    run_start_time = time.perf_counter()
     objective = parallel(job.objective, main_modules(job), opt)
     for epoch in range(run_start_epoch, opt.epochs + 1):
         started = time.perf_counter()
@@ -311,15 +398,16 @@ def run(job: Job) -> Progress:
         LOG.info("==> training...")
         job.train_loader.set_epoch(epoch)
         result = train_epoch(epoch, job.train_loader, objective, optimizers.main, opt, device,
-                             scaler=optimizers.scaler)
+                             scaler=optimizers.scaler, timer=timer)
         average_buffers(*main_modules(job))  # so that every rank validates (and rank 0 saves) one model
-        LOG.info(f"epoch {epoch}, total time {time.perf_counter() - started:.2f}")
         test = Validation(*validate(job.test_loader, job.model, device, opt, job.reduce))
         end_epoch("main", epoch, result, started, test)
-        eta = (time.perf_counter() - run_start_time) / (epoch - run_start_epoch + 1) * (opt.epochs - epoch)
+        seconds = time.perf_counter() - started  # the epoch's one timing: training, validation and saving
+        timer.epoch_done(seconds)
         ips = result.images / max(result.seconds, 1e-9)
-        LOG.info(f"==> epoch {epoch}/{opt.epochs}: {time.perf_counter() - started:.1f}s, {ips:.0f} images/s, "
-                 f"test acc {test.top1:.2f} (best {progress.best_acc:.2f}), lr {lr:g}, ETA {_format_eta(eta)}")
+        LOG.info(f"==> epoch {epoch}/{opt.epochs}: {seconds:.1f}s, {ips:.0f} images/s, "
+                 f"train loss {result.loss:.4f}, test acc {test.top1:.2f} (best {progress.best_acc:.2f}), "
+                 f"lr {lr:g}, ETA {format_duration(timer.eta())}")
 
     LOG.info(f"best accuracy: {progress.best_acc:.3f}")
     if job.is_main:

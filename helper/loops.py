@@ -14,6 +14,7 @@ from torch import nn
 
 from dataset.batch import Batch
 from helper.errors import UserError
+from helper.progress import EpochProgress, RunTimer
 from helper.util import LOG, AverageMeter, accuracy
 
 
@@ -93,8 +94,10 @@ def _first_nonfinite(out: StepOutput) -> str | None:
 def train_epoch(epoch: int, loader: Iterable[Batch], objective: Objective, optimizer: torch.optim.Optimizer,
                 opt, device: torch.device, *, stage: str = "train",
                 scaler: torch.amp.GradScaler | None = None,
-                on_batch_end: Callable[[int], None] | None = None) -> EpochResult:
-    """Train one epoch; print the original's per-``print_freq`` line; return epoch averages."""
+                on_batch_end: Callable[[int], None] | None = None,
+                timer: RunTimer | None = None) -> EpochResult:
+    """Train one epoch and return its averages. Progress: the original's line every ``print_freq`` batches
+    (with the speed and the ETAs of the epoch and, given ``timer``, of the run), or a live bar on a terminal."""
     objective.begin_epoch(epoch)
     batch_time, data_time = AverageMeter(), AverageMeter()
     losses, top1, top5 = AverageMeter(), AverageMeter(), AverageMeter()
@@ -103,6 +106,8 @@ def train_epoch(epoch: int, loader: Iterable[Batch], objective: Objective, optim
     skipped = 0
     check_every_step = getattr(opt, "skip_nonfinite", False)
     mark_cuda_graph_step = uses_cuda_graphs(opt)
+    progress = EpochProgress(f"epoch {epoch}" if stage == "train" else f"{stage} epoch {epoch}", n_batches,
+                             opt.print_freq, timer)
     start = end = time.perf_counter()
     for idx, batch in enumerate(loader):
         batch = to_device(batch, device, opt)
@@ -142,19 +147,22 @@ def train_epoch(epoch: int, loader: Iterable[Batch], objective: Objective, optim
             top5.update(acc5, n)
         batch_time.update(time.perf_counter() - end)
         end = time.perf_counter()
-        if idx % opt.print_freq == 0:
-            # The only host sync of the loop: checking the loss here costs nothing extra.
+        progress.step(n)
+        if progress.due(idx):
+            # The only host sync of the loop (one per report): checking the loss here costs nothing extra.
             if not check_every_step and not math.isfinite(losses.val):
                 raise NonFiniteLossError(_nonfinite_message(epoch, idx, out, stage))
             if out.logits is not None:
-                LOG.info(f"Epoch: [{epoch}][{idx}/{n_batches}]\t"
-                         f"Time {batch_time.val:.3f} ({batch_time.avg:.3f})\t"
-                         f"Data {data_time.val:.3f} ({data_time.avg:.3f})\t"
-                         f"Loss {losses.val:.4f} ({losses.avg:.4f})\t"
-                         f"Acc@1 {top1.val:.3f} ({top1.avg:.3f})\t"
-                         f"Acc@5 {top5.val:.3f} ({top5.avg:.3f})")
+                line = (f"Epoch: [{epoch}][{idx}/{n_batches}]\t"
+                        f"Time {batch_time.val:.3f} ({batch_time.avg:.3f})\t"
+                        f"Data {data_time.val:.3f} ({data_time.avg:.3f})\t"
+                        f"Loss {losses.val:.4f} ({losses.avg:.4f})\t"
+                        f"Acc@1 {top1.val:.3f} ({top1.avg:.3f})\t"
+                        f"Acc@5 {top5.val:.3f} ({top5.avg:.3f})")
+                progress.report(idx, line, losses.avg)
             else:
-                LOG.info(f"Init [{epoch}][{idx}/{n_batches}]\tLoss {losses.val:.4f} ({losses.avg:.4f})")
+                progress.report(idx, f"Init [{epoch}][{idx}/{n_batches}]\tLoss {losses.val:.4f} ({losses.avg:.4f})",
+                                losses.avg)
         if on_batch_end is not None:
             on_batch_end(idx)
     if losses.count and not math.isfinite(losses.avg):

@@ -24,6 +24,30 @@ class _StdoutHandler(logging.StreamHandler):
     def stream(self, value) -> None:
         pass
 
+    def emit(self, record: logging.LogRecord) -> None:
+        clear_live_line()  # a message replaces the progress bar; the bar comes back at its next redraw
+        super().emit(record)
+
+
+_live_line = False  # a progress bar (no newline) is on the terminal's last line
+
+
+def show_live_line(text: str) -> None:
+    """Draw ``text`` over the terminal's last line (the progress bar); the next log message clears it."""
+    global _live_line
+    sys.stdout.write(f"\r{text}\x1b[K")
+    sys.stdout.flush()
+    _live_line = True
+
+
+def clear_live_line() -> None:
+    """Erase the progress bar, if one is drawn, so that the next output starts on a clean line."""
+    global _live_line
+    if _live_line:
+        _live_line = False
+        sys.stdout.write("\r\x1b[K")
+        sys.stdout.flush()
+
 
 def setup_logging(enabled: bool = True) -> None:
     """Plain ``print``-like console output (message only) for the scripts; silent when not enabled."""

@@ -8,16 +8,19 @@ from torch import nn
 
 Factory = TypeVar("Factory", bound=Callable[..., nn.Module])
 
-model_dict: dict[str, Callable[..., nn.Module]] = {}
+model_dict: dict[str, Callable[..., nn.Module]] = {}  # the CIFAR zoo (the original's)
+imagenet_model_dict: dict[str, Callable[..., nn.Module]] = {}  # 224x224 networks (models/imagenet.py)
 
 
-def register_model(name: str) -> Callable[[Factory], Factory]:
-    """Function decorator: make a factory available as ``model_dict[name]``."""
+def register_model(name: str, zoo: dict[str, Callable[..., nn.Module]] | None = None
+                   ) -> Callable[[Factory], Factory]:
+    """Function decorator: make a factory available as ``zoo[name]`` (default: the CIFAR ``model_dict``)."""
+    zoo = model_dict if zoo is None else zoo
 
     def add(factory: Factory) -> Factory:
-        if name in model_dict:
+        if name in zoo:
             raise ValueError(f"model {name!r} registered twice")
-        model_dict[name] = factory
+        zoo[name] = factory
         return factory
 
     return add

@@ -52,7 +52,7 @@ from helper.engine import make_optimizer  # noqa: E402
 from helper.loops import amp_dtype, grad_scaler, train_epoch  # noqa: E402
 from helper.objectives import DistillObjective, TeacherObjective  # noqa: E402
 from helper.util import accuracy, seed_everything  # noqa: E402
-from models import model_dict  # noqa: E402
+from models import imagenet_model_dict, model_dict  # noqa: E402
 
 
 @dataclass
@@ -950,11 +950,145 @@ def logit_section(args: argparse.Namespace) -> Section:
                     "warmup_calls": args.warmup, "kd_step_ms": kd_steps, "methods": results})
 
 
+IMAGENET_TRAIN_IMAGES = 1_281_167  # ILSVRC-2012 training set
+IMAGENET_PAIR = ("ResNet34", "ResNet18")
+# Fractions of the bf16 dense peak a ResNet step may reach (BatchNorm and ReLU make it bandwidth-bound), and
+# the CPU cores of typical 8-GPU machines: the assumptions of the 8-GPU estimate, until a GPU run measures it.
+GPU_UTILISATIONS = (0.05, 0.1, 0.2)
+SERVER_CORES = (64, 128)
+
+
+def imagefolder_throughput(folder: str, backend: str, size: int, batch_size: int, num_workers: int) -> dict:
+    """Images/s of the training loader (decode, RandomResizedCrop, flip, normalise) and of the validation loader
+    (resize, center crop), from the first batch of a pass to its end (the workers' start-up, once an epoch on
+    ImageNet, is left out)."""
+    train, test, _ = build_loaders(folder, backend, batch_size, num_workers, "cpu", instance=True, dataset="imagenet",
+                                   image_size=size)
+    rates = {}
+    for name, loader in (("train", train), ("val", test)):
+        batches = iter(loader)
+        next(batches)
+        images, seconds = timed(lambda: count_images(batches), torch.device("cpu"))
+        rates[f"{name}_images_per_s"] = images / seconds
+    return rates
+
+
+def imagenet_step_ms(method: str, size: int, batch_size: int, n_data: int, crd_k: int, steps: int,
+                     device: torch.device) -> dict:
+    """The fastest of ``steps`` timed ResNet34 -> ResNet18 steps (after one untimed), in ms, and the method's
+    buffers (CRD: its two memory banks) in MB."""
+    weights = ["-r", "0.5", "-a", "0.5", "-b", "0", "--kd_T", "1"] if method == "kd" else ["-a", "0", "-b", "0.8"]
+    opt = train_student.parse_option([
+        "--dataset", "imagenet", "--path_t", "unused.pth", "--model_t", IMAGENET_PAIR[0], "--model_s",
+        IMAGENET_PAIR[1], "--distill", method, *weights, "--batch_size", str(batch_size), "--image_size", str(size),
+        "--nce_k", str(crd_k), "--device", str(device), "--seed", "0", "--print_freq", str(10 ** 9),
+        "--learning_rate", BENCH_LR])
+    opt.n_data = n_data
+    teacher = imagenet_model_dict[IMAGENET_PAIR[0]]().to(device).eval()
+    student = imagenet_model_dict[IMAGENET_PAIR[1]]().to(device)
+    distiller = build_distiller(opt, student, teacher)
+    objective = DistillObjective(student, teacher, distiller, opt)
+    params = list(student.parameters()) + [p for m in distiller.trainable_modules() for p in m.parameters()]
+    optimizer = make_optimizer(params, opt.learning_rate, opt)
+    batch = synthetic_batch(batch_size, n_data, crd_k, device)
+    batch.images = torch.randn(batch_size, 3, size, size, device=device)
+    batch.labels = batch.labels % 1000
+    times = []
+    for step in range(steps + 1):
+        _, seconds = timed(lambda: train_epoch(1, [batch], objective, optimizer, opt, device).images, device)
+        times.append(seconds)
+    buffers = sum(b.numel() * b.element_size() for b in distiller.buffers())
+    return {"step_ms": 1000 * min(times[1:]), "method_buffers_mb": buffers / 2 ** 20}
+
+
+def imagenet_flops_per_image(size: int) -> float:
+    """Training FLOPs per image of the pair: teacher forward + student forward and backward (2x forward)."""
+    total = 0.0
+    for name, passes in zip(IMAGENET_PAIR, (1, 3)):
+        model = imagenet_model_dict[name]().eval()
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            model(torch.randn(1, 3, size, size))
+        total += passes * counter.get_total_flops()
+    return total
+
+
+def imagenet_section(args: argparse.Namespace) -> Section:
+    """ImageNet (--dataset imagenet): ImageFolder (and DALI) loader images/s on this CPU, ResNet34 -> ResNet18
+    KD and CRD steps on ``--device`` with the full-size CRD banks, and an 8-GPU epoch estimate."""
+    from dataset.synthetic_imagenet import write_synthetic_imagefolder
+
+    quick = args.quick
+    size = 64 if quick else 224
+    device = torch.device(args.device)
+    data_batch, step_batch = (8, 2) if quick else (64, 16 if device.type == "cpu" else 256)
+    n_data, crd_k = (2000, 64) if quick else (IMAGENET_TRAIN_IMAGES, 16384)
+    steps = args.steps or (1 if quick else 3)
+    backends = ["torchvision"]
+    try:
+        import nvidia.dali  # noqa: F401
+        backends.append("dali")
+    except ImportError:
+        pass
+    with tempfile.TemporaryDirectory() as folder:
+        # ImageNet-like JPEGs: 300..500 pixels a side (ImageNet's average is about 400x350)
+        write_synthetic_imagefolder(folder, classes=10, train_per_class=4 if quick else 50,
+                                    val_per_class=2 if quick else 10, min_size=80 if quick else 300,
+                                    max_size=120 if quick else 500)
+        data = {backend: imagefolder_throughput(folder, backend, size, data_batch, args.num_workers)
+                for backend in backends}
+    step = {method: imagenet_step_ms(method, size, step_batch, n_data, crd_k, steps, device)
+            for method in ("kd", "crd")}
+    flops = imagenet_flops_per_image(size)
+    peak = PEAK_FLOPS["H100"]["bf16"]
+    compute_epoch_s = {u: IMAGENET_TRAIN_IMAGES * flops / (8 * u * peak) for u in GPU_UTILISATIONS}
+    per_worker = data["torchvision"]["train_images_per_s"] / max(args.num_workers, 1)
+    data_epoch_s = {cores: IMAGENET_TRAIN_IMAGES / (cores * per_worker) for cores in SERVER_CORES}
+    estimate_rows = [[f"compute: {u:.0%} of 8 H100s' bf16 peak", f"{8 * u * peak / flops:,.0f}",
+                      f"{seconds / 60:,.1f}", f"{100 * seconds / 3600:,.1f}"] for u, seconds in compute_epoch_s.items()]
+    estimate_rows += [[f"ImageFolder decoding on {cores} cores at this CPU's rate", f"{cores * per_worker:,.0f}",
+                       f"{seconds / 60:,.1f}", f"{100 * seconds / 3600:,.1f}"]
+                      for cores, seconds in data_epoch_s.items()]
+    data_rows = [[backend + (" (CPU mode)" if backend == "dali" else ""), f"{r['train_images_per_s']:,.0f}",
+                  f"{r['val_images_per_s']:,.0f}"] for backend, r in data.items()]
+    step_rows = [[method.upper(), f"{r['step_ms']:,.0f}", f"{step_batch * 1000 / r['step_ms']:,.1f}",
+                  f"{r['method_buffers_mb']:,.0f}"] for method, r in step.items()]
+    markdown = "\n\n".join([
+        f"Synthetic ImageNet-like JPEGs ({'80-120' if quick else '300-500'} pixels a side), crops of {size}, batch "
+        f"{data_batch}, {args.num_workers} DataLoader worker(s) / DALI threads; each pass is timed from its "
+        f"first batch (the workers' start-up left out).",
+        table(["loader", "train images/s", "val images/s"], data_rows),
+        ("DALI is not installed here: only the ImageFolder path is measured. " if "dali" not in data else
+         "DALI's CPU mode decodes with libjpeg-turbo like PIL; its point is the GPU decoder (`mixed`), which "
+         "only a GPU run measures. ")
+        + f"Per worker the ImageFolder path decodes and augments about {per_worker:,.0f} images/s on this CPU.",
+        f"ResNet34 -> ResNet18 on {device_description(device)}, batch {step_batch} at {size}x{size}, float32, "
+        f"the fastest of {steps} steps; CRD with --nce_k {crd_k} against banks of {n_data:,} rows x 128.",
+        table(["method", "step ms", "images/s", "method buffers MB"], step_rows),
+        f"**8-GPU epoch estimate** (not measured: no GPU yet). A training image costs {flops / 1e9:.1f} GFLOPs "
+        f"(teacher forward + student forward and backward; H100 bf16 dense peak {peak / 1e12:.0f} TFLOP/s). The "
+        f"epoch of {IMAGENET_TRAIN_IMAGES:,} images takes the longer of the two bounds below: the GPUs' arithmetic "
+        f"at an assumed fraction of peak, and JPEG decoding by the ImageFolder path at the per-worker rate "
+        f"measured above on the machine's cores.",
+        table(["bound", "images/s", "epoch minutes", "100 epochs, hours"], estimate_rows),
+        f"So with the ImageFolder path the 8 GPUs wait for the CPUs unless the machine has about "
+        f"{8 * GPU_UTILISATIONS[0] * peak / flops / per_worker:,.0f} cores of this speed (for the lowest "
+        f"utilisation above): the reason for the DALI path, which decodes on the GPUs. CRD's banks "
+        f"({step['crd']['method_buffers_mb']:,.0f} MB here) sit on every GPU.",
+    ])
+    return Section("ImageNet: data, ResNet34 -> ResNet18 steps, 8-GPU estimate", markdown,
+                   {"image_size": size, "data_batch": data_batch, "step_batch": step_batch, "n_data": n_data,
+                    "nce_k": crd_k, "data": data, "steps": step, "flops_per_image": flops,
+                    "compute_bound_epoch_s": {str(u): v for u, v in compute_epoch_s.items()},
+                    "decode_bound_epoch_s": {str(c): v for c, v in data_epoch_s.items()}})
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace], Section]] = {
     "data": data_section,
     "steps": steps_section,
     "crd": crd_section,
     "logit": logit_section,
+    "imagenet": imagenet_section,
 }
 
 

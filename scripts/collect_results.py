@@ -5,6 +5,7 @@ is "mean ± std (n)" of the last-epoch top-1 test accuracy over trials (the pape
 epoch, not the best). The std is the sample standard deviation (n - 1), 0 for a single run.
 
     python scripts/collect_results.py [--root DIR ...] [--include-unfinished] [--format markdown|csv]
+                                      [--skip-empty-rows] [--note TEXT]
 """
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scripts.paper import PAPER_PAIRS  # noqa: E402  (columns of the paper's Tables 1 and 2, in its order)
+
 RUN_FOLDERS = ("student_model", "models")  # under --save_root, as the training scripts write them
 REQUIRED_KEYS = ("kind", "model", "last_acc")
 
@@ -31,14 +35,6 @@ METHOD_ROWS = {
     "nst": "NST", "crd": "CRD",
 }
 PAPER_ROWS = (TEACHER_ROW, STUDENT_ROW, *METHOD_ROWS.values(), CRD_KD_ROW)
-
-# Columns of the paper's Tables 1 and 2, in its order; other pairs follow alphabetically.
-PAPER_PAIRS = (
-    ("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("resnet56", "resnet20"),
-    ("resnet110", "resnet20"), ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"),
-    ("vgg13", "vgg8"), ("vgg13", "MobileNetV2"), ("ResNet50", "MobileNetV2"), ("ResNet50", "vgg8"),
-    ("resnet32x4", "ShuffleV1"), ("resnet32x4", "ShuffleV2"), ("wrn_40_2", "ShuffleV1"),
-)
 
 Pair = tuple[str, str]
 
@@ -157,8 +153,15 @@ def build_table(results: Iterable[dict], include_unfinished: bool = False) -> Ta
     return Table(rows=[*PAPER_ROWS, *extra_rows], pairs=pairs, cells=cells)
 
 
-def render_markdown(table: Table) -> str:
-    header = ["Method", *map(pair_label, table.pairs)]
+def without_empty_rows(table: Table) -> Table:
+    """The table with only the rows that have at least one cell (the methods that were run)."""
+    rows = [row for row in table.rows if any(table.cell(row, pair) for pair in table.pairs)]
+    return Table(rows=rows, pairs=table.pairs, cells=table.cells)
+
+
+def render_markdown(table: Table, note: str | None = None) -> str:
+    """The table in markdown; ``note`` goes into its header, next to "Method" (it holds for every cell)."""
+    header = [f"Method ({note})" if note else "Method", *map(pair_label, table.pairs)]
     body = [[row, *(str(table.cell(row, p) or "-") for p in table.pairs)] for row in table.rows]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     rule = [":" + "-" * (widths[0] - 1), *("-" * (w - 1) + ":" for w in widths[1:])]
@@ -171,16 +174,16 @@ def render_markdown(table: Table) -> str:
     return "\n".join([line(header), line(rule), *map(line, body)])
 
 
-def render_csv(table: Table) -> str:
-    """One line per filled cell: method, teacher, student, mean, std, n."""
+def render_csv(table: Table, note: str | None = None) -> str:
+    """One line per filled cell: method, teacher, student, mean, std, n (and the note, when given)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["method", "teacher", "student", "mean", "std", "n"])
+    writer.writerow(["method", "teacher", "student", "mean", "std", "n", *(["note"] if note else [])])
     for row in table.rows:
         for pair in table.pairs:
             cell = table.cell(row, pair)
             if cell is not None:
-                writer.writerow([row, *pair, f"{cell.mean:.4f}", f"{cell.std:.4f}", cell.n])
+                writer.writerow([row, *pair, f"{cell.mean:.4f}", f"{cell.std:.4f}", cell.n, *([note] if note else [])])
     return out.getvalue().rstrip("\n")
 
 
@@ -195,7 +198,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="another folder to search for results.json; repeatable")
     parser.add_argument("--include-unfinished", action="store_true",
                         help="also count runs that stopped before their last epoch")
-    parser.add_argument("--format", choices=sorted(RENDERERS), default="markdown")
+    parser.add_argument("--format", choices=sorted(RENDERERS), default="markdown", help="output format")
+    parser.add_argument("--skip-empty-rows", action="store_true",
+                        help="leave out the methods without any run (by default every row of the paper is listed)")
+    parser.add_argument("--note", default=None,
+                        help="a remark that holds for every cell, printed in the table (e.g. that the runs used "
+                             "synthetic data)")
     return parser
 
 
@@ -204,12 +212,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     roots = [str(Path(args.save_root) / folder) for folder in RUN_FOLDERS] + args.root
     table = build_table(load_results(roots), include_unfinished=args.include_unfinished)
     if not table.pairs:
-        print(f"no {'' if args.include_unfinished else 'finished '}distillation runs found under "
+        print(f"error: no {'' if args.include_unfinished else 'finished '}distillation runs found under "
               f"{', '.join(map(str, roots))}", file=sys.stderr)
         return 1
-    print(RENDERERS[args.format](table))
+    if args.skip_empty_rows:
+        table = without_empty_rows(table)
+    print(RENDERERS[args.format](table, args.note))
     return 0
 
 
+def run_as_command(argv: Sequence[str] | None = None) -> int:
+    """``main``, quiet when the reader of its output goes away (``collect_results.py | head``)."""
+    try:
+        code = main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler
+        return code
+    except BrokenPipeError:
+        # Python flushes stdout again at exit: point it at /dev/null so that this flush cannot fail too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_as_command())

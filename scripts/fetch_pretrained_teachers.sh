@@ -21,7 +21,8 @@
 # with strict=True (scripts/verify_teacher.py), and only then renamed into place, so an interrupted
 # or failed download never leaves a partial checkpoint. Files already present and valid are skipped;
 # invalid ones are downloaded again. A failed teacher does not stop the others; the exit status is 1
-# if any failed, 2 for a usage error.
+# if any failed (the message then says what to do next: another source, or the commands that train the
+# teachers and put them in place), 2 for a usage error. No folder it made is left empty.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -111,6 +112,14 @@ fi
 # mktemp creates 0600 files; the kept checkpoint gets the usual permissions instead.
 FILE_MODE="$(printf '%o' "$((0666 & ~0$(umask)))")"
 
+# The outermost folder of $DEST that does not exist yet: what is left of it empty at the end is removed.
+MADE_ROOT=""
+path="$DEST"
+while [ ! -e "$path" ]; do
+  MADE_ROOT="$path"
+  path="$(dirname -- "$path")"
+done
+
 TMP_FILE=""
 cleanup() {
   if [ -n "$TMP_FILE" ]; then
@@ -118,9 +127,15 @@ cleanup() {
     TMP_FILE=""
   fi
 }
-trap cleanup EXIT
-trap 'cleanup; exit 130' INT
-trap 'cleanup; exit 143' TERM
+at_exit() {
+  cleanup
+  if [ -n "$MADE_ROOT" ] && [ -d "$MADE_ROOT" ]; then
+    find "$MADE_ROOT" -depth -type d -empty -delete 2>/dev/null || true
+  fi
+}
+trap at_exit EXIT
+trap 'at_exit; exit 130' INT
+trap 'at_exit; exit 143' TERM
 
 say() {
   echo "[$1] $2"
@@ -203,6 +218,18 @@ for arch in "${ARCHS[@]}"; do
 done
 if [ "${#FAILED[@]}" -gt 0 ]; then
   echo "could not fetch ${#FAILED[@]} of ${#ARCHS[@]} teachers: ${FAILED[*]}" >&2
+  if [ -z "$FALLBACK_URL" ]; then
+    other="set TEACHER_FALLBACK_URL (or TEACHER_BASE_URL) to a mirror"
+  else
+    other="set TEACHER_BASE_URL to another mirror"
+  fi
+  echo "what next: rerun when $BASE_URL is reachable; or $other holding <arch>_vanilla/$CKPT_NAME;" \
+    "or copy the files from a machine that has them into $DEST; or train each teacher here (240 epochs):" >&2
+  for arch in "${FAILED[@]}"; do
+    run="${arch}_cifar100_lr_0.05_decay_0.0005_trial_0"  # train_teacher.py's folder with its defaults
+    printf '  cd %q && %q train_teacher.py --model %q && mkdir -p %q && cp %q %q\n' "$ROOT" "$PY" "$arch" \
+      "$DEST/${arch}_vanilla" "save/models/$run/$CKPT_NAME" "$DEST/${arch}_vanilla/$CKPT_NAME" >&2
+  done
   exit 1
 fi
 echo "all ${#ARCHS[@]} teachers are in $DEST"

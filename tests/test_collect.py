@@ -1,12 +1,16 @@
 """scripts/collect_results.py: results.json folders -> the paper's table."""
 import json
+import os
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from scripts import collect_results as collect
 
+SCRIPT = Path(collect.__file__)
 DEFAULT_ROOTS = [f"./save/{folder}" for folder in collect.RUN_FOLDERS]
 
 PAIR = ("resnet32x4", "resnet8x4")
@@ -133,4 +137,31 @@ def test_broken_results_file_is_reported_and_skipped(runs: Path, capsys):
 def test_no_runs_is_an_error_with_a_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert collect.main([]) == 1
-    assert "no finished distillation runs" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith("error: no finished distillation runs")
+
+
+def test_skip_empty_rows_and_a_note_in_the_table_header(runs: Path, capsys):
+    assert collect.main(["--skip-empty-rows", "--note", "synthetic data"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header == ["Method (synthetic data)", "resnet32x4 -> resnet8x4"]
+    rows = [line.split("|")[1].strip() for line in lines[2:]]
+    assert rows == ["Teacher", "Student (vanilla)", "KD", "CRD", "CRD+KD"]  # FitNet is unfinished: no row
+    assert collect.main(["--format", "csv", "--note", "synthetic data"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith(",n,note") and all(line.endswith(",synthetic data") for line in lines[1:])
+
+
+@pytest.mark.parametrize("unbuffered", [False, True])
+def test_output_piped_into_a_reader_that_stops_early_ends_without_a_traceback(runs: Path, unbuffered):
+    """`collect_results.py | head -1`: the reader is gone before the table is written (by print, or by the
+    flush at exit when stdout is buffered, as it is on a pipe unless PYTHONUNBUFFERED is set)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    process = subprocess.Popen([sys.executable, str(SCRIPT)], cwd=runs, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=env)
+    process.stdout.close()  # before the script has imported anything: its first write meets a closed pipe
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 1
+    assert err == ""  # no "BrokenPipeError", no "Exception ignored"

@@ -1,8 +1,10 @@
 """CIFAR-100 data: the faithful torchvision path, the device-resident fast path, CRD sampling, files."""
 import json
+import logging
 import pickle
 import shutil
 import urllib.error
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -443,6 +445,22 @@ def test_test_shards_see_every_sample_exactly_once(root, backend, world_size):
         part = epoch(loaders(root, backend, batch_size=20, rank=rank, world_size=world_size)[1])
         assert torch.equal(cat(part, "labels"), labels[rank::world_size])
         torch.testing.assert_close(cat(part, "images"), images[rank::world_size], rtol=0, atol=1e-6)
+
+
+def test_workers_beyond_the_available_cpus_are_capped_once_in_one_line_without_dataloader_warnings(
+        root, monkeypatch, caplog):
+    import dataset.loaders
+
+    monkeypatch.setattr(dataset.loaders.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setattr(dataset.loaders.os, "cpu_count", lambda: 1)  # DataLoader asks one of the two
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a DataLoader warning fails the test
+        with caplog.at_level(logging.INFO, logger="repdistiller"):
+            train, test, _ = build_loaders(root, "torchvision", 100, 8, "cpu", instance=True)
+        assert (train.loader.num_workers, test.loader.num_workers) == (1, 0)
+        next(iter(train)), next(iter(test))  # workers start (and DataLoader checks their number) here
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 1 and "--num_workers 8 is more than the 1 CPU " in lines[0], lines
 
 
 def test_unknown_backend_and_rank_are_refused(root):

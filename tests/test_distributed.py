@@ -130,7 +130,7 @@ def free_port() -> int:
 def test_process_group_that_never_forms_times_out_with_one_clear_line(root):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2",
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-    argv = ["--model", MODEL, "--epochs", "1", *common(root, "--dist_timeout", "0.05")]
+    argv = ["--model", MODEL, "--epochs", "1", "--trial", "9", *common(root, "--dist_timeout", "0.05")]
     done = subprocess.run([sys.executable, "train_teacher.py", *argv], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 1

@@ -216,6 +216,9 @@ def test_resume_command_replaces_an_earlier_resume_flag(monkeypatch):
         "python train_student.py --trial 'my run' --resume auto"
     assert resume_command("train_teacher.py", ["--resume=auto", "-t", "1"]) == \
         "python train_teacher.py -t 1 --resume auto"
+    # --overwrite would delete what the resume continues
+    assert resume_command("train_teacher.py", ["--overwrite", "-t", "1"]) == \
+        "python train_teacher.py -t 1 --resume auto"
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert resume_command("train_teacher.py", ["-t", "1"]) == \
@@ -316,16 +319,20 @@ def test_truncated_state_is_reported_and_the_previous_state_used(workdir, tmp_pa
     folder = run_folder(train_student, argv)
     finished = load(folder / "state.pth")
     state = folder / "state.pth"
-    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    damaged = state.read_bytes()[: state.stat().st_size // 2]
+    state.write_bytes(damaged)
     capsys.readouterr()
     assert train_student.main(argv + ["--resume", "auto"]) == 0
     out = capsys.readouterr().out
-    assert f"WARNING: cannot resume: {state} is not a readable PyTorch checkpoint" in out
+    assert f"WARNING: cannot resume: {state} is truncated ({len(damaged)} bytes" in out
     assert f"resuming from the previous state {folder / 'state.prev.pth'}" in out
     assert resumed_after(out) == (0, 1) and epochs_trained(out) == [2]
     redone = load(state)
     assert redone["progress"]["epochs_done"] == 2
     assert_same_weights(redone, finished)  # epoch 2 was redone from the epoch-1 state, exactly
+    # The save after the fall-back kept the good state as the previous one, not the damaged file.
+    assert load(folder / "state.prev.pth")["progress"]["epochs_done"] == 1
+    assert (folder / "state.damaged.pth").read_bytes() == damaged
 
 
 def test_truncated_state_without_a_previous_one_is_a_clear_error(workdir, tmp_path, capsys):
@@ -336,7 +343,7 @@ def test_truncated_state_without_a_previous_one_is_a_clear_error(workdir, tmp_pa
     capsys.readouterr()
     assert train_student.main(argv + ["--resume", "auto"]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and str(state) in err and "truncated or corrupt" in err
+    assert err.count("\n") == 1 and f"{state} is truncated (100 bytes" in err
 
 
 def poison_call(monkeypatch, distill: str, call: int) -> None:
@@ -383,3 +390,104 @@ def test_exploding_learning_rate_stops_the_teacher_script_with_the_failing_term(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "non-finite in train epoch 1" in err and "(term: ce)" in err
     assert not (run_folder(train_teacher, argv) / "state.pth").exists()
+
+
+# Damage named precisely, files readable by others, runs never overwritten silently, Ctrl-C told truthfully
+
+
+def test_damage_of_a_checkpoint_is_named_from_its_bytes(tmp_path):
+    path = tmp_path / "ckpt.pth"
+    torch.save({"x": torch.ones(1000)}, path)
+    good = path.read_bytes()
+    at = good.index(b"\x80", good.index(b"data.pkl")) + 2  # inside the pickle (protocol 2 starts with 0x80)
+    damages = {
+        "empty (0 bytes)": b"",
+        f"truncated ({len(good) // 2} bytes": good[: len(good) // 2],
+        "not a zip archive, as torch.save writes (it starts with b'<htm')": b"<html>not found</html>",
+        "corrupt (archive member": good[:at] + bytes([good[at] ^ 0xFF]) + good[at + 1:],
+    }
+    for damage, data in damages.items():
+        path.write_bytes(data)
+        with pytest.raises(CheckpointError) as caught:
+            checkpoint.load_checkpoint(path)
+        assert str(caught.value).startswith(f"{path} is {damage}"), str(caught.value)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_written_files_get_the_permissions_of_the_umask_as_torch_save_gives(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        save_atomic({"x": torch.ones(3)}, tmp_path / "ckpt.pth", previous=tmp_path / "ckpt.prev.pth")
+        save_atomic({"x": torch.ones(3)}, tmp_path / "ckpt.pth", previous=tmp_path / "ckpt.prev.pth")
+        checkpoint.write_json_atomic({"a": 1}, tmp_path / "results.json")
+        torch.save({"x": torch.ones(3)}, tmp_path / "plain.pth")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == dict.fromkeys(["ckpt.pth", "ckpt.prev.pth", "results.json", "plain.pth"], mode)
+
+
+def test_rerunning_over_an_earlier_run_is_refused_in_one_line_until_resume_or_overwrite_says_what_to_do(
+        workdir, tmp_path, monkeypatch, capsys):
+    argv = student_argv(workdir, tmp_path / "save", "pkt", "--batch_size", "64", "--save_freq", "1")
+    poison_call(monkeypatch, "pkt", call=9)  # 4 batches per epoch: the 3-epoch run stops in epoch 3
+    assert train_student.main([*argv, "--epochs", "3"]) == 1
+    monkeypatch.undo()
+    folder, tb_folder = run_folder(train_student, argv), Path(train_student.parse_option(argv).tb_folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    events = sorted(tb_folder.iterdir())
+
+    def refused(again: list[str], held: str) -> None:
+        capsys.readouterr()
+        try:
+            code = train_student.main(again)
+        except SystemExit as e:  # argparse
+            code = e.code
+        err = capsys.readouterr().err
+        assert code in (1, 2) and "Traceback" not in err and err.strip().splitlines()[-1].count("error:") == 1
+        assert held in err, err
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # nothing written
+        assert sorted(tb_folder.iterdir()) == events
+
+    # The same command again, without --resume: the stopped run is kept and the way on offered.
+    refused([*argv, "--epochs", "3"], f"{folder} already holds a stopped run (2 of 3 epochs done): rerun the "
+                                      f"same command with --resume auto to continue it; give another --trial to "
+                                      f"keep it; or add --overwrite to delete it and start again")
+    refused([*argv, "--epochs", "3", "--overwrite", "--resume", "auto"], "give only one of them")
+    old = os.umask(0o022)
+    try:
+        assert train_student.main([*argv, "--epochs", "1", "--overwrite"]) == 0
+    finally:
+        os.umask(old)
+    out = capsys.readouterr().out
+    assert resumed_after(out) is None and epochs_trained(out) == [1]  # started again
+    # Nothing of the earlier run is left to be taken for this one's: its epoch-2 checkpoint, its events.
+    assert not (folder / "ckpt_epoch_2.pth").exists() and not (folder / "state.prev.pth").exists()
+    assert len(list(tb_folder.iterdir())) == 1 and not set(tb_folder.iterdir()) & set(events)
+    results = json.loads((folder / "results.json").read_text())
+    assert results["finished"] and results["epochs_done"] == 1
+    assert {p.stat().st_mode & 0o777 for p in folder.iterdir()} == {0o644}  # colleagues may read the run
+    # Another configuration with the same --trial meets a finished run.
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    events = sorted(tb_folder.iterdir())
+    refused([*argv, "--epochs", "1", "--learning_rate", "0.01"], "already holds a finished run (1 of 1 epochs done)")
+    # Continuing it is what --resume auto is for.
+    assert train_student.main([*argv, "--epochs", "2", "--resume", "auto"]) == 0
+    assert epochs_trained(capsys.readouterr().out) == [2]
+
+
+def test_sigint_in_the_first_epoch_says_there_is_nothing_to_resume_and_the_same_command_starts_again(
+        workdir, tmp_path):
+    argv = student_argv(workdir, tmp_path / "save", "kd", "--epochs", "1", "--batch_size", "16")
+    script = Script("train_student.py", argv, tmp_path / "stderr.txt")
+    script.wait_for("Epoch: [1][0/")
+    script.proc.send_signal(signal.SIGINT)
+    code, err = script.finish(), script.stderr()
+    assert code == 130 and "Traceback" not in err, err
+    assert "before the first epoch ended" in err and "nothing to resume" in err and "state.pth" not in err
+    lines = err.splitlines()
+    command = shlex.split(lines[lines.index(next(line for line in lines if "nothing to resume" in line)) + 1])
+    assert command == ["python", "train_student.py", *argv]
+    folder = run_folder(train_student, argv)
+    assert not (folder / "state.pth").exists() and not (folder / "results.json").exists()
+    assert train_student.main(command[2:]) == 0  # the printed command runs: no earlier run is in the way

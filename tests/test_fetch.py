@@ -163,7 +163,7 @@ def test_an_interrupted_download_leaves_no_partial_file(server, tmp_path):
     finally:
         if script.poll() is None:
             script.kill()
-    assert list(folder.iterdir()) == []
+    assert not (tmp_path / "models").exists()  # no partial file, and no folder left empty
 
 
 def test_a_valid_file_already_in_place_is_skipped_without_asking_the_server(server, checkpoints, tmp_path):
@@ -195,6 +195,28 @@ def test_without_names_all_six_paper_teachers_are_requested(server, tmp_path):
     assert server.requests == [f"/empty/{a}_vanilla/{CKPT} 404" for a in PAPER_TEACHERS]
     assert f"could not fetch 6 of 6 teachers: {' '.join(PAPER_TEACHERS)}" in run.stderr
     assert set(PAPER_TEACHERS) <= set(model_dict)
+
+
+def test_a_failed_fetch_leaves_no_empty_folder_and_says_what_to_do_next(server, checkpoints, tmp_path):
+    import train_teacher
+
+    server.publish("repo", "wrn_40_2", checkpoints["wrn_40_2"])
+    dest = tmp_path / "new" / "save" / "models"
+    run = fetch(dest, "resnet56", base=f"{server.url}/gone")  # offline, as far as this script can tell
+    assert run.returncode == 1
+    assert not (tmp_path / "new").exists()
+    assert "TEACHER_FALLBACK_URL" in run.stderr and "TEACHER_BASE_URL" in run.stderr
+    # The exact command that trains the teacher and puts it where the fetch would have.
+    command = run.stderr.strip().splitlines()[-1]
+    assert command == (f"  cd {ROOT} && {sys.executable} train_teacher.py --model resnet56 && mkdir -p "
+                       f"{dest}/resnet56_vanilla && cp save/models/resnet56_cifar100_lr_0.05_decay_0.0005_trial_0/"
+                       f"{CKPT} {dest}/resnet56_vanilla/{CKPT}")
+    trained = Path(train_teacher.parse_option(["--model", "resnet56"]).save_folder)
+    assert f"cp {trained}/{CKPT} " in command  # train_teacher.py writes ckpt_epoch_240.pth there
+    # Where some teachers came, only the folders of the failed ones go.
+    run = fetch(dest, "wrn_40_2", "resnet56", base=f"{server.url}/repo")
+    assert run.returncode == 1
+    assert sorted(p.name for p in dest.iterdir()) == ["wrn_40_2_vanilla"]
 
 
 def test_an_unknown_teacher_name_is_a_usage_error_before_any_download(server, tmp_path):

@@ -72,7 +72,8 @@ def test_a_method_added_as_one_file_trains_and_lists_its_flag(tmp_path):
     help_text = run(copy, "--help")
     assert help_text.returncode == 0, help_text.stderr
     assert "--distill throwaway:" in help_text.stdout and "--throwaway_log" in help_text.stdout
-    assert "throwaway" in help_text.stdout.split("--distill {")[1].split("}")[0]
+    methods = help_text.stdout.split("\n  --distill METHOD")[1].split("--trial")[0]  # --distill's method list
+    assert any(line.split()[:1] == ["throwaway"] for line in methods.splitlines())
 
     write_synthetic_cifar100(tmp_path / "data", train_per_class=2, test_per_class=1, seed=0)
     teacher = tmp_path / "teachers" / "resnet8x4_vanilla" / "ckpt_epoch_240.pth"

@@ -1,6 +1,7 @@
 """End to end: both scripts on tiny synthetic data, with real output folders and files; the learning-rate
 schedule and the accuracy they report."""
 import json
+import re
 import shutil
 from argparse import Namespace
 from pathlib import Path
@@ -76,6 +77,20 @@ def test_teacher_script_writes_the_original_files(teacher_run):
     assert 0 <= results["last_acc"] <= 100
 
 
+def test_results_json_has_the_keys_the_readme_lists_and_the_trial_as_given(teacher_run, workdir, teacher_path):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    sentence = readme[readme.index("and `results.json`"):]
+    sentence = sentence[:sentence.index(".\n")]
+    documented = set(re.findall(r"`(\w+)`", sentence)) - {"results"}
+    teacher = json.loads((Path(teacher_run.save_folder) / "results.json").read_text())
+    assert set(teacher) == documented
+    assert teacher["trial"] == 0  # -t is a number
+    argv = student_argv(workdir, teacher_path, "kd", "--trial", "007")
+    assert train_student.main(argv) == 0
+    student = json.loads((Path(train_student.parse_option(argv).save_folder) / "results.json").read_text())
+    assert set(student) == documented and student["trial"] == "007"  # --trial is a string
+
+
 def test_tensorboard_event_file_holds_the_expected_scalars(teacher_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -84,6 +99,26 @@ def test_tensorboard_event_file_holds_the_expected_scalars(teacher_run):
     tags = set(acc.Tags()["scalars"])
     assert {"train_acc", "train_loss", "test_acc", "test_acc_top5", "test_loss", "learning_rate",
             "loss/ce"} <= tags
+
+
+def test_kd_run_logs_its_kl_term_times_each_epoch_once_and_a_resume_with_nothing_left_writes_no_event_file(
+        workdir, teacher_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    argv = student_argv(workdir, teacher_path, "kd", "--trial", "tb")
+    assert train_student.main(argv) == 0
+    log = capsys.readouterr().out
+    assert "total time" not in log
+    assert len(re.findall(r"^==> epoch 1/1: [\d.]+s, \d+ images/s, train loss ", log, re.M)) == 1
+    tb_folder = Path(train_student.parse_option(argv).tb_folder)
+    acc = EventAccumulator(str(tb_folder))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"loss/ce", "loss/kl", "test_acc"} <= tags
+    assert "loss/kd" not in tags  # KD's loss is the KL term: no always-zero curve of its own
+    events = sorted(tb_folder.iterdir())
+    assert train_student.main(argv + ["--resume", "auto"]) == 0  # finished: nothing to train
+    assert sorted(tb_folder.iterdir()) == events
 
 
 # Methods built only for the paper's pairs train end to end in their own tests (tests/test_reviewkd.py).
@@ -146,6 +181,23 @@ def test_original_data_pipeline_trains_a_crd_student(workdir, teacher_path, caps
         norms = distiller[bank].norm(dim=1)
         assert len(norms) == 200
         torch.testing.assert_close(norms, torch.ones_like(norms))
+
+
+@pytest.mark.parametrize("backend, mode", [("tensor", "exact"), ("tensor", "relax"), ("torchvision", "relax")])
+def test_crd_with_more_negatives_than_the_data_holds_draws_them_with_replacement_as_the_original(
+        workdir, teacher_path, capsys, backend, mode):
+    # The original's own command line: --nce_k 16384 (the default) on a 200-image training set.
+    argv = student_argv(workdir, teacher_path, "crd", "--data_backend", backend, "--mode", mode,
+                        "--trial", f"k_{backend}_{mode}")
+    del argv[argv.index("--nce_k"):argv.index("--nce_k") + 2]
+    assert train_student.main(argv) == 0
+    out = capsys.readouterr().out
+    warnings = [line for line in out.splitlines() if "--nce_k" in line]
+    assert len(warnings) == 1 and "--nce_k 16384 is more than the 198 negatives" in warnings[0]
+    assert "with replacement" in warnings[0] and "repeat" in warnings[0]
+    assert epochs_trained(out) == [1]
+    state = load(Path(train_student.parse_option(argv).save_folder) / "state.pth")
+    assert state["distiller"]["crd.contrast.params"][0] == 16384  # K of the memory bank
 
 
 def test_impossible_method_pair_exits_with_one_clear_line(workdir, teacher_path, capsys):
