@@ -30,6 +30,45 @@ def distinct_by_random_keys(bounds: Tensor, k: int, width: int, generator: torch
     return keys.topk(k, dim=1, largest=False, sorted=False).indices
 
 
+# distinct_by_first_draws when its k + extra draws are at most this fraction of the smallest pool: O(R * k)
+# work instead of the O(R * pool) of random keys over the pool.
+FIRST_DRAWS_MAX_FRACTION = 0.25
+
+
+def spare_draws(k: int, smallest_bound: int) -> int | None:
+    """Draws beyond k for distinct_by_first_draws, or None where the bound is too small next to k for it. k + extra
+    uniform draws from [0, n) repeat about (k + extra)^2 / 2n values; a margin of 12 standard deviations (+64)
+    makes a row with fewer than k distinct values a chance below 1e-30."""
+    extra = 64
+    while k + extra <= FIRST_DRAWS_MAX_FRACTION * smallest_bound:
+        mean = (k + extra) ** 2 / (2 * smallest_bound)  # expected repeats: a fixed point, approached from below
+        needed = int(np.ceil(mean + 12 * np.sqrt(mean) + 64))
+        if needed <= extra:
+            return extra
+        extra = needed
+    return None
+
+
+def distinct_by_first_draws(bounds: Tensor, k: int, extra: int, generator: torch.Generator) -> Tensor:
+    """(R, k): row r a uniformly random k-subset of [0, bounds[r]) for k well below every bound (ImageNet's
+    1.28M rows against 16384 negatives), in random order. Each row draws k + extra uniform integers and keeps
+    the first k distinct values in draw order: sequential sampling without replacement, so every k-subset is
+    equally likely. O(R * k) work with no host sync, where random keys over the whole pool cost O(R * pool).
+    A row with fewer than k distinct values (see spare_draws) stops the run with a device-side assert."""
+    m = k + extra
+    draws = uniform_below(bounds, m, generator)  # (R, m)
+    values, order = draws.sort(dim=1, stable=True)  # stable: equal values keep draw order, the first one first
+    first = torch.ones_like(values, dtype=torch.bool)
+    first[:, 1:] = values[:, 1:] != values[:, :-1]  # (R, m) in sorted order: a value's first draw
+    first = first.gather(1, order.argsort(dim=1))  # back in draw order (order is a permutation per row)
+    torch._assert_async(first.sum(dim=1).min() >= k, "CRD sampler: fewer distinct draws than --nce_k")
+    position = torch.arange(m, device=draws.device)
+    # The kept draws (the first k first draws) sort before the rest, each group in draw order.
+    keep = first & (first.cumsum(dim=1) <= k)
+    keys = torch.where(keep, position, position + m)
+    return draws.gather(1, keys.topk(k, dim=1, largest=False, sorted=True).indices)
+
+
 class ContrastSampler:
     """CRD's contrast indices (Tian et al., ICLR 2020): per anchor a positive, then k negatives of other classes.
 
@@ -76,6 +115,7 @@ class ContrastSampler:
         self.all_distinct = not with_replacement[present].any()
         self.all_with_replacement = bool(with_replacement[present].all())
         self.width = int(pool_size.max())
+        self.spare_draws = spare_draws(k, self.smallest_pool)  # None: random keys over the pool instead
         self.pool_size = pool_size.to(device)
         self.with_replacement = with_replacement.to(device)
 
@@ -95,6 +135,8 @@ class ContrastSampler:
         pool = self.pool_size[labels]
         if self.all_with_replacement:
             positions = uniform_below(pool, self.k, generator)
+        elif self.all_distinct and self.spare_draws is not None:
+            positions = distinct_by_first_draws(pool, self.k, self.spare_draws, generator)
         elif self.all_distinct:
             positions = distinct_by_random_keys(pool, self.k, self.width, generator)
         else:  # unbalanced classes, only some pools smaller than k (the boolean mask syncs a GPU)

@@ -45,7 +45,8 @@ from crd.memory import ContrastMemory, _gathered_scores, _TransposedBank, _Whole
 from dataset import build_loaders  # noqa: E402
 from dataset.batch import Batch  # noqa: E402
 from dataset.fast import derived_generator  # noqa: E402
-from dataset.sampling import ContrastSampler  # noqa: E402
+from dataset.sampling import (ContrastSampler, distinct_by_first_draws, distinct_by_random_keys,  # noqa: E402
+                              spare_draws)
 from dataset.synthetic import write_synthetic_cifar100  # noqa: E402
 from distiller_zoo import DISTILLERS, DistillKL, build_distiller  # noqa: E402
 from helper.engine import make_optimizer  # noqa: E402
@@ -742,6 +743,17 @@ def nce_sum_works(batch_size: int, k: int, n: int, device: torch.device) -> dict
     return {"_PositiveMinusSoftplus": fused, "autograd through F.softplus": softplus}
 
 
+KEYS, FIRST_DRAWS = "random keys over the pool", "first distinct draws"
+
+
+def sampler_kernel_works(rows: int, k: int, pool: int, device: torch.device) -> dict[str, Callable[[], int]]:
+    """The two kernels for k distinct positions of [0, pool) per row (dataset/sampling.py)."""
+    bounds, generator = torch.full((rows,), pool, device=device), derived_generator(device, 0)
+    extra = spare_draws(k, pool)
+    return {KEYS: lambda: distinct_by_random_keys(bounds, k, pool, generator).shape[0],
+            FIRST_DRAWS: lambda: distinct_by_first_draws(bounds, k, extra, generator).shape[0]}
+
+
 def rule_picks(batch_size: int, k: int, n: int) -> str:
     """The strategy ContrastMemory.scores_whole_bank picks (the rule reads only the bank's row count nLem, so
     no ImageNet-sized bank is allocated to ask it)."""
@@ -790,6 +802,8 @@ def crd_section(args: argparse.Namespace) -> Section:
     batch_size, k, n = rows[0]
     layout = measure(bank_layout_works(batch_size, n, device))
     nce = measure(nce_sum_works(batch_size, k, n, device))
+    imagenet_n, sampling_rows = CRD_BANK_ROWS["ImageNet"], 2 if args.quick else 8
+    sampling = measure(sampler_kernel_works(sampling_rows, k, imagenet_n - imagenet_n // 1000, device))
     paper_batch, paper_k, _ = CRD_ROWS[0]  # the memory figures are computed: the paper's sizes even under --quick
     memory_rows = {name: bank_memory_bytes(rows_n, paper_batch, paper_k) for name, rows_n in CRD_BANK_ROWS.items()}
 
@@ -825,6 +839,11 @@ def crd_section(args: argparse.Namespace) -> Section:
         f"{ms(copied)} ms ({read['ms'] / copied['ms']:.2f}x).",
         f"**The NCE sum** (({batch_size}, {k + 1}) scores, forward + backward): `{fused_label}` {ms(fused)} ms, "
         f"{softplus_label} {ms(softplus)} ms ({fused['ms'] / softplus['ms']:.2f} of its time).",
+        f"**Drawing {k} distinct negatives from an ImageNet-sized pool** ({imagenet_n - imagenet_n // 1000:,} rows, "
+        f"the batched sampler the GPU runs; per row): "
+        + ", ".join(f"{label} {entry['ms'] / sampling_rows:.2f} ms" for label, entry in sampling.items())
+        + f" ({sampling[KEYS]['ms'] / sampling[FIRST_DRAWS]['ms']:.1f}x). `ContrastSampler` takes the first distinct "
+        f"draws wherever the pool is more than 4x the draws they need (ImageNet), random keys otherwise (CIFAR-100).",
         f"**Memory of the banks** (computed, float32, D = {CRD_FEAT_DIM}; ContrastMemory keeps one bank per "
         f"view)\n\n" + memory_table,
     ])
@@ -832,6 +851,7 @@ def crd_section(args: argparse.Namespace) -> Section:
         "feat_dim": CRD_FEAT_DIM, "device": str(device), "warmup_calls": args.warmup, "timed_calls": args.steps,
         "scoring": scoring, "layout": {"batch_size": batch_size, "n": n, "ms": layout},
         "nce_sum": {"batch_size": batch_size, "k": k, "ms": nce}, "memory": memory_rows,
+        "imagenet_sampling": {"rows": sampling_rows, "k": k, "pool": imagenet_n - imagenet_n // 1000, "ms": sampling},
     }
     return Section("CRD memory kernels", markdown, results)
 

@@ -18,7 +18,7 @@ from dataset import (Batch, CIFAR100InstanceSample, DatasetError, build_loaders,
 from dataset.cifar100 import ARCHIVE_URL, CIFAR100_MEAN, CIFAR100_STD, FOLDER_NAME, read_split
 from dataset.fast import TensorTrainLoader, shard
 from dataset.info import CIFAR100
-from dataset.sampling import ContrastSampler, distinct_by_random_keys
+from dataset.sampling import ContrastSampler, distinct_by_first_draws, distinct_by_random_keys, spare_draws
 from dataset.synthetic import main as synthetic_main
 from dataset.synthetic import write_meta, write_split, write_synthetic_cifar100
 
@@ -295,6 +295,46 @@ def test_random_keys_give_every_k_subset_the_same_probability():
     draws = distinct_by_random_keys(bounds, 2, 5, generator)
     for bound in (5, 3):
         assert_uniform_pairs(draws[bounds == bound].tolist(), set(range(bound)))
+
+
+def test_first_distinct_draws_give_every_k_subset_the_same_probability():
+    generator = torch.Generator().manual_seed(0)
+    rows = 20000
+    bounds = torch.tensor([5, 3]).repeat(rows // 2)
+    draws = distinct_by_first_draws(bounds, 2, 30, generator)
+    for bound in (5, 3):
+        assert_uniform_pairs(draws[bounds == bound].tolist(), set(range(bound)))
+    first, second = draws[bounds == 5].T  # and in random order: each value first as often as second
+    assert chi_square(torch.bincount(first, minlength=5).numpy()) < 20
+    assert chi_square(torch.bincount(second, minlength=5).numpy()) < 20
+
+
+def test_first_distinct_draws_stop_when_a_row_has_fewer_than_k_distinct_values():
+    with pytest.raises(RuntimeError, match="fewer distinct draws than --nce_k"):
+        distinct_by_first_draws(torch.tensor([3, 1]), 2, 4, torch.Generator().manual_seed(0))
+
+
+def test_spare_draws_leave_no_row_short_at_the_sizes_it_accepts():
+    assert spare_draws(16384, 49500) is None  # CIFAR-100's pools: random keys over the pool
+    assert spare_draws(16384, 1279867) is not None  # ImageNet's: first draws, O(k) per row
+    generator = torch.Generator().manual_seed(0)
+    for k, n in ((16, 990), (200, 20000)):
+        extra = spare_draws(k, n)
+        assert extra is not None and extra < 4 * k + 64
+        draws = distinct_by_first_draws(torch.full((2000,), n), k, extra, generator)
+        assert all(len(set(row)) == k for row in draws.tolist()) and 0 <= int(draws.min()) <= int(draws.max()) < n
+
+
+def test_batched_sampler_draws_from_large_pools_without_keys_over_the_whole_pool(monkeypatch):
+    labels = torch.arange(10).repeat_interleave(400)  # pools of 3,600: k=16 uses the first distinct draws
+    sampler = ContrastSampler(labels, k=16, num_classes=10)
+    assert sampler.spare_draws is not None
+    monkeypatch.setattr("dataset.sampling.distinct_by_random_keys", None)  # would fail if called
+    indices = torch.arange(0, 4000, 7)
+    contrast = sampler._sample_batched(indices, labels[indices], torch.Generator().manual_seed(0))
+    assert torch.equal(contrast[:, 0], indices)
+    assert not (labels[contrast[:, 1:]] == labels[indices][:, None]).any()
+    assert all(len(set(row)) == 16 for row in contrast[:, 1:].tolist())
 
 
 def test_cpu_sampler_gives_every_k_subset_of_the_pool_the_same_probability():

@@ -253,6 +253,7 @@ SAMPLERS = {
     "distinct-percent-pools": (_labels([8] * 4), 4, "relax", 0.5),
     "with-replacement": (_labels([8] * 4), 40, "exact", 1.0),
     "mixed-unbalanced-pools": (_labels([2, 2, 20]), 8, "exact", 1.0),
+    "distinct-first-draws": (_labels([200] * 4), 4, "exact", 1.0),  # pools far larger than k (ImageNet)
 }
 
 
