@@ -260,13 +260,26 @@ def test_quick_benchmark_writes_a_well_formed_report(tmp_path):
 
 
 def test_quick_logit_benchmark_sets_each_method_against_kd(tmp_path):
-    report = benchmark.main(["--quick", "--sections", "logit", "--out", str(tmp_path)])
+    # A steps section of the same device and batch (8 under --quick): KD's fastest step, 8 images at 80/s.
+    environment = {"date": "-", "device": "-", "torch": "-", "python": "-", "command": "-", "quick": True,
+                   "load_average": 0, "load_average_end": 0}
+    kd_rows = {"faithful": {"images_per_s": 40.0}, "fp32": {"images_per_s": 80.0}, "best": "fp32"}
+    steps = {"title": "steps", "environment": environment, "markdown": "",
+             "results": {"device": "cpu", "batch_size": 8, "distill_step": {"kd": kd_rows}}}
+    (tmp_path / "benchmarks.json").write_text(json.dumps({"sections": {"steps resnet56->resnet20": steps}}))
+    report = benchmark.main(["--quick", "--sections", "logit", "--steps", "5", "--out", str(tmp_path)])
     markdown = (tmp_path / "BENCHMARKS.md").read_text()
-    results = report["sections"]["logit"]["results"]["methods"]
+    section = report["sections"]["logit"]["results"]
+    results = section["methods"]
     assert list(results) == ["KD", "KD+LS", "DKD", "DKD+LS", "DIST"]
+    assert section["kd_step_ms"] == {"resnet56->resnet20": pytest.approx(100.0)}  # 8 images at 80/s
     for label, row in results.items():
+        assert row["ms"] <= row["median_ms"]  # the fastest of 5 calls
         assert row["extra_ms"] == pytest.approx(row["ms"] - results["KD"]["ms"])
+        if label != "KD":
+            assert row["extra_percent_of_kd_step"] == {"resnet56->resnet20": pytest.approx(row["extra_ms"])}
         assert f"| {label} | `{' '.join(benchmark.LOGIT_METHODS[label])}` | {row['ms']:.3f} |" in markdown
     # Each method's own loss adds aten ops over KD's (the KL term is skipped at -a 0).
     assert all(results[label]["aten_ops"] > results["KD"]["aten_ops"] for label in results if label != "KD")
-    assert "over KD's fastest" not in markdown  # no steps section of this batch in tmp_path: no step columns
+    assert "over KD's fastest resnet56->resnet20 step" in markdown
+    assert "over KD's fastest resnet32x4->resnet8x4 step" not in markdown  # no such section in tmp_path
