@@ -9,7 +9,6 @@ the samples' dataset indices (CRD's memory rows); the class labels are looked up
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Iterator
 
@@ -60,9 +59,12 @@ class DaliLoader:
         @pipeline_def
         def pipeline():
             # Each rank reads its shard; the whole list is reshuffled every epoch with one seed on every rank.
-            jpegs, index = fn.readers.file(files=files, labels=list(range(len(files))), shard_id=rank,
-                                           num_shards=world_size, shuffle_after_epoch=train, pad_last_batch=False,
-                                           seed=_seed(seed, _SEED_STREAM), name="Reader")
+            # The labels are the file indices (DALI's default). pad_last_batch: an epoch's last partial batch does
+            # not take the next epoch's first files, so every epoch reads each file once.
+            reader_seed = _seed(seed, _SEED_STREAM)
+            shuffle = dict(shuffle_after_epoch=True, shuffle_after_epoch_seed=reader_seed) if train else {}
+            jpegs, index = fn.readers.file(files=files, shard_id=rank, num_shards=world_size, pad_last_batch=True,
+                                           seed=reader_seed, name="Reader", **shuffle)
             images = fn.decoders.image(jpegs, device="mixed" if on_gpu else "cpu", output_type=types.RGB)
             if train:
                 images = fn.random_resized_crop(images, size=[size, size])
@@ -72,15 +74,19 @@ class DaliLoader:
                 mirror = 0
             images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", crop=[size, size],
                                               mean=mean, std=std, mirror=mirror)
-            return images, index
+            return images, index.gpu() if on_gpu else index  # indices on the device: no copy per step
 
         self.pipe = pipeline(batch_size=batch_size, num_threads=max(1, num_threads),
-                             device_id=device.index or 0 if on_gpu else None,
+                             device_id=(device.index or 0) if on_gpu else None,
                              seed=_seed(seed, _SEED_STREAM, rank))
         self.pipe.build()
+        # Training on several ranks fills a shard's last batch with repeated samples (as DistributedSampler
+        # pads), so that every rank takes the same number of steps; else a partial last batch, as DataLoader.
+        # Validation reads each image once: a rank whose shard ends early gets an empty last batch, skipped.
+        fill = train and world_size > 1
         self.iterator = iterator([self.pipe], ["images", "index"], reader_name="Reader", auto_reset=True,
-                                 last_batch_policy=policy.PARTIAL)
-        self.batches = math.ceil(math.ceil(len(files) / world_size) / batch_size)
+                                 last_batch_policy=policy.FILL if fill else policy.PARTIAL)
+        self.batches = len(self.iterator)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -94,6 +100,8 @@ class DaliLoader:
                      derived_generator(self.device, self.seed, self.epoch, _CONTRAST_STREAM, self.rank))
         for out in self.iterator:
             images = out[0]["images"]
+            if not len(images):
+                continue
             indices = out[0]["index"].view(-1).to(self.device, torch.int64)
             labels = self.targets.index_select(0, indices)
             contrast_idx = None if self.contrast is None else self.contrast.sample(indices, labels, generator)

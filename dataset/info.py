@@ -31,8 +31,10 @@ class DatasetInfo:
     # batch (--batch_size x processes) when --learning_rate is not given; None: no scaling.
     lr_reference_batch: int | None = None
 
-    def resized(self, size: int) -> "DatasetInfo":
-        """This dataset at network input size ``size`` (--image_size), the test resize scaled with it."""
+    def resized(self, size: int | None) -> "DatasetInfo":
+        """This dataset at network input size ``size`` (--image_size; None: its own), the test resize scaled."""
+        if size is None or size == self.image_shape[1]:
+            return self
         test_resize = None if self.test_resize is None else round(self.test_resize * size / self.image_shape[1])
         return dataclasses.replace(self, image_shape=(self.image_shape[0], size, size), test_resize=test_resize)
 
@@ -71,6 +73,4 @@ DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (CIFAR100, IMAGE
 
 def dataset_info(opt) -> DatasetInfo:
     """``opt.dataset``'s description at the run's input size (``--image_size``, where given)."""
-    info = DATASETS[opt.dataset]
-    size = getattr(opt, "image_size", None)
-    return info if size is None or size == info.image_shape[1] else info.resized(size)
+    return DATASETS[opt.dataset].resized(getattr(opt, "image_size", None))

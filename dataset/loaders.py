@@ -72,7 +72,7 @@ def build_loaders(data_folder: str | Path, backend: str, batch_size: int, num_wo
     ImageFolder datasets (ImageNet) read 'torchvision' (ImageFolder + PIL + workers) or 'dali' (JPEGs decoded
     by NVIDIA DALI), at `image_size` when given; CRD contrast indices are then drawn on `device`.
     """
-    info = DATASETS[dataset] if image_size is None else DATASETS[dataset].resized(image_size)
+    info = DATASETS[dataset].resized(image_size)
     if backend not in info.backends:
         raise ValueError(f"{dataset} data backend must be one of {info.backends}, got {backend!r}")
     if not 0 <= rank < world_size:

@@ -16,6 +16,7 @@ from torch import nn
 
 from .registry import imagenet_model_dict, register_model
 from .resnet import BasicBlock, Bottleneck
+from .mobilenetv2 import conv_bn
 from .resnetv2 import GlobalAvgPool2d
 
 Tensor = torch.Tensor
@@ -93,11 +94,6 @@ def resnet34(**kwargs: Any) -> ResNet:
 @register_model("ResNet50", imagenet_model_dict)
 def resnet50(**kwargs: Any) -> ResNet:
     return ResNet(Bottleneck, [3, 4, 6, 3], **kwargs)
-
-
-def conv_bn(inp: int, oup: int, stride: int) -> nn.Sequential:
-    """3x3 conv + BN + ReLU."""
-    return nn.Sequential(nn.Conv2d(inp, oup, 3, stride, 1, bias=False), nn.BatchNorm2d(oup), nn.ReLU(inplace=True))
 
 
 def conv_dw(inp: int, oup: int, stride: int) -> nn.Sequential:

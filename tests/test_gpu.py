@@ -1,5 +1,6 @@
 """What only runs on CUDA: the default device, cuDNN and TF32 settings, NCCL, CUDA graphs, the CRD sampler kernel
-at full size, pinned-memory transfers, fused SGD, resuming on the GPU, and every method under --deterministic.
+at full size (CIFAR-100 and ImageNet), pinned-memory transfers, the ImageNet loaders (torchvision, DALI), fused
+SGD, resuming on the GPU, and every method under --deterministic.
 
 Skipped without CUDA; `bash scripts/gpu_check.sh` runs it on a GPU machine. Project modules are imported inside
 the tests, so that collecting (and skipping) this file on a CPU costs nothing.
@@ -191,6 +192,32 @@ def test_crd_sampler_kernel_at_full_size_draws_distinct_negatives_of_other_class
         assert abs(others.mean().item() - mean) < 1e-3 * mean
         assert others.min() > mean - 6 * mean ** 0.5 and others.max() < mean + 6 * mean ** 0.5, (
             others.min().item(), others.max().item())
+
+
+@pytest.mark.parametrize("backend", ["torchvision", "dali"])
+def test_imagenet_loaders_on_the_gpu_read_every_image_once_per_epoch(tmp_path, backend):
+    if backend == "dali":
+        pytest.importorskip("nvidia.dali", reason="NVIDIA DALI (optional) is not installed")
+    from dataset import build_loaders
+    from dataset.synthetic_imagenet import write_synthetic_imagefolder
+
+    data = write_synthetic_imagefolder(tmp_path / "imagenet", classes=10, train_per_class=2, val_per_class=1,
+                                       min_size=36, max_size=56)
+    device = gpu()
+    train, test, n_data = build_loaders(data, backend, 8, 2, device, instance=True, crd_k=8, seed=1,
+                                        dataset="imagenet", image_size=32)
+    for epoch in (1, 2):
+        train.set_epoch(epoch)
+        seen = []
+        for batch in train:
+            if backend == "dali":  # decoded on the GPU ("mixed"), indices put there by the pipeline
+                assert batch.images.device == device and batch.indices.device == device
+            else:  # pinned host images, copied by the loop without blocking; the CRD draws on the device
+                assert batch.images.is_pinned() and batch.indices.device == device
+            assert batch.contrast_idx.device == device and batch.labels.device == device
+            seen += batch.indices.tolist()
+        assert sorted(seen) == list(range(n_data)), epoch
+    assert sum(len(batch) for batch in test) == 10
 
 
 def test_fused_sgd_is_chosen_on_cuda_and_updates_like_the_per_parameter_loop():

@@ -212,14 +212,33 @@ def test_validation_classes_keep_the_training_indices_when_some_are_missing(data
 
 
 def test_an_epoch_replays_from_seed_and_epoch(data):
-    def epoch_indices(epoch):
-        train, _, _ = build_loaders(data, "torchvision", 8, 0, "cpu", instance=True, seed=1, dataset="imagenet",
+    def epoch_indices(epoch, images=None):
+        # Two workers: their augmentation seeds must follow (seed, epoch) too, not only the sampler's order.
+        train, _, _ = build_loaders(data, "torchvision", 8, 2, "cpu", instance=True, seed=1, dataset="imagenet",
                                     image_size=32)
         train.set_epoch(epoch)
-        return torch.cat([b.indices for b in train])
+        batches = list(train)
+        if images is not None:
+            images.append(torch.cat([b.images for b in batches]))
+        return torch.cat([b.indices for b in batches])
 
-    assert torch.equal(epoch_indices(3), epoch_indices(3))
+    images = []
+    assert torch.equal(epoch_indices(3, images), epoch_indices(3, images))
+    assert torch.equal(images[0], images[1])  # the same crops and flips
     assert not torch.equal(epoch_indices(3), epoch_indices(4))
+
+
+def dali_order(data, seed: int, epochs: int, **shards) -> list[list[int]]:
+    """The training indices a DALI loader yields, per epoch (each batch checked to be non-empty)."""
+    train, _, _ = build_loaders(data, "dali", 3 if shards else 8, 2, "cpu", instance=True, seed=seed,
+                                dataset="imagenet", image_size=32, **shards)
+    orders = []
+    for epoch in range(1, epochs + 1):
+        train.set_epoch(epoch)
+        batches = [batch.indices.tolist() for batch in train]
+        assert len(batches) == len(train) and all(batches), [len(b) for b in batches]
+        orders.append([i for batch in batches for i in batch])
+    return orders
 
 
 def test_dali_cpu_pipeline_reads_every_sample_with_its_label(data):
@@ -235,6 +254,33 @@ def test_dali_cpu_pipeline_reads_every_sample_with_its_label(data):
         seen += batch.indices.tolist()
     assert sorted(seen) == list(range(n_data)) and len(train) == 3
     assert sum(len(b) for b in test) == 10
+
+
+def test_dali_epochs_each_read_every_sample_once_in_an_order_set_by_the_seed(data):
+    pytest.importorskip("nvidia.dali", reason="NVIDIA DALI (optional) is not installed")
+    orders = dali_order(data, seed=1, epochs=3)
+    n_data = len(orders[0])
+    for order in orders:  # the last partial batch does not spill into the next (reshuffled) epoch
+        assert sorted(order) == list(range(n_data))
+    assert orders[1] != orders[2]  # reshuffled after every epoch
+    assert dali_order(data, seed=2, epochs=3)[1:] != orders[1:]  # ... in an order --seed sets
+
+
+def test_dali_shards_have_equal_lengths_no_empty_batch_and_cover_the_sets(data):
+    pytest.importorskip("nvidia.dali", reason="NVIDIA DALI (optional) is not installed")
+    world_size = 3
+    trained = [dali_order(data, seed=1, epochs=1, rank=rank, world_size=world_size)[0] for rank in range(world_size)]
+    assert len({len(order) for order in trained}) == 1  # every rank takes the same number of steps
+    n_data = 20
+    assert set().union(*map(set, trained)) == set(range(n_data))
+    tested = []
+    for rank in range(world_size):  # validation: every image exactly once over the ranks
+        _, test, _ = build_loaders(data, "dali", 6, 2, "cpu", instance=False, seed=1, dataset="imagenet",
+                                   image_size=32, rank=rank, world_size=world_size)
+        batches = [len(batch) for batch in test]
+        assert all(batches), batches
+        tested.append(sum(batches))
+    assert sum(tested) == 10
 
 
 def test_dali_backend_without_dali_says_how_to_install_it(data, save_root, capsys, monkeypatch):
