@@ -21,20 +21,18 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from scripts.paper import PAPER_PAIRS  # noqa: E402  (columns of the paper's Tables 1 and 2, in its order)
+from scripts import paper  # noqa: E402  (the paper's pairs, rows and methods: scripts/paper.py)
+from scripts.paper import PAPER_PAIRS, STUDENT_ROW, TEACHER_ROW  # noqa: E402,F401
 
 RUN_FOLDERS = ("student_model", "models")  # under --save_root, as the training scripts write them
 REQUIRED_KEYS = ("kind", "model", "last_acc")
 
-TEACHER_ROW = "Teacher"
-STUDENT_ROW = "Student (vanilla)"
-CRD_KD_ROW = "CRD+KD"
-METHOD_ROWS = {
-    "kd": "KD", "hint": "FitNet", "attention": "AT", "similarity": "SP", "correlation": "CC",
-    "vid": "VID", "rkd": "RKD", "pkt": "PKT", "abound": "AB", "factor": "FT", "fsp": "FSP",
-    "nst": "NST", "crd": "CRD",
-}
-PAPER_ROWS = (TEACHER_ROW, STUDENT_ROW, *METHOD_ROWS.values(), CRD_KD_ROW)
+CRD_KD_ROW = paper.METHODS_BY_KEY["crd_kd"].row
+# --distill -> row label: the first method of paper.METHODS with that --distill (kd: KD, crd: CRD, dkd: DKD).
+METHOD_ROWS = {m.distill: m.row for m in reversed(paper.METHODS)}
+# The rows of the paper's tables, in its order, then the later methods' rows (listed when they have runs).
+PAPER_ROWS = (TEACHER_ROW, STUDENT_ROW, *(m.row for m in paper.METHODS if m.tables))
+LATER_ROWS = tuple(m.row for m in paper.METHODS if not m.tables)
 
 Pair = tuple[str, str]
 
@@ -101,8 +99,8 @@ def load_results(roots: Iterable[str | os.PathLike]) -> list[dict]:
 
 
 def method_row(result: dict) -> str:
-    """Row label of a student run: the paper's name of its method, CRD with a KD term is CRD+KD; runs with
-    logit standardisation (--logit_stand) get their own row, '+LS' (KD+LS, dkd+LS)."""
+    """Row label of a student run: the paper's name of its method (scripts/paper.py), CRD with a KD term is
+    CRD+KD; runs with logit standardisation (--logit_stand) get their own row, '+LS' (KD+LS, DKD+LS)."""
     distill = str(result["distill"])
     opt = result.get("opt") or {}
     alpha = opt.get("alpha") or 0.0
@@ -148,9 +146,11 @@ def build_table(results: Iterable[dict], include_unfinished: bool = False) -> Ta
         values[(TEACHER_ROW, pair)] = teacher_accuracies(pair, students, teachers)
         values[(STUDENT_ROW, pair)] = [float(r["last_acc"]) for r in teachers if r["model"] == pair[1]]
 
-    extra_rows = sorted({row for row, _ in values} - set(PAPER_ROWS))
     cells = {key: Cell.of(v) for key, v in values.items() if v}
-    return Table(rows=[*PAPER_ROWS, *extra_rows], pairs=pairs, cells=cells)
+    found = {row for row, _ in cells}
+    later = [row for row in LATER_ROWS if row in found]
+    extra_rows = sorted(found - set(PAPER_ROWS) - set(later))
+    return Table(rows=[*PAPER_ROWS, *later, *extra_rows], pairs=pairs, cells=cells)
 
 
 def without_empty_rows(table: Table) -> Table:

@@ -195,7 +195,7 @@ def table_of(pair: Pair) -> str | None:
 
 def distill_argv(method: Method, pair: Pair, path_t: str, trial: int | str) -> list[str]:
     """train_student.py's arguments for one run of the table."""
-    teacher, student = pair
+    student = pair[1]
     return ["--path_t", path_t, "--distill", method.distill, "--model_s", student,
             *method.setting_for(pair).argv(), "--trial", str(trial)]
 
@@ -235,8 +235,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pair", default=":".join(R32X4_R8X4), help="TEACHER:STUDENT (default %(default)s)")
     parser.add_argument("--write", action="store_true", help=f"write {DISTILL_SCRIPT.relative_to(ROOT)}")
     args = parser.parse_args(argv)
-    teacher, _, student = args.pair.partition(":")
-    text = render_distill_script((teacher, student))
+    if str(ROOT) not in sys.path:  # run as a script: scripts/reproduce.py parses pairs (and knows the networks)
+        sys.path.insert(0, str(ROOT))
+    from scripts.reproduce import SweepError, parse_pairs
+
+    try:
+        pairs = parse_pairs(args.pair)
+    except SweepError as e:
+        parser.error(str(e).replace("--pairs", "--pair"))
+    if len(pairs) != 1:
+        parser.error(f"--pair: one TEACHER:STUDENT pair, got {args.pair!r}")
+    text = render_distill_script(pairs[0])
     if args.write:
         DISTILL_SCRIPT.write_text(text)
         print(f"wrote {DISTILL_SCRIPT}")

@@ -74,9 +74,13 @@ class Run:
     deps: list[str] = field(default_factory=list)
     error: str | None = None  # why the command does not parse
 
+    def words(self, resume: bool = True) -> list[str]:
+        """The training command after the interpreter, as the engines start it: script, flags, --resume auto."""
+        return [self.script, *self.argv, *(["--resume", "auto"] if resume else [])]
+
     def command(self, resume: bool = True) -> str:
-        words = ["python", self.script, *self.argv] + (["--resume", "auto"] if resume else [])
-        return shlex.join(words)
+        """The training command as one shell line (the engines run ``words`` with this interpreter)."""
+        return shlex.join(["python", *self.words(resume)])
 
 
 @dataclass
@@ -87,7 +91,7 @@ class Plan:
     pairs: list[Pair]
     methods: list[str]
     trials: int
-    device: str  # "cuda" or "cpu"
+    device: str | None  # "cuda" or "cpu" where the runs train; None: not known (--report_only)
 
     def by_id(self) -> dict[str, Run]:
         return {run.id: run for run in self.runs}
@@ -194,10 +198,13 @@ def runs_method(method: paper.Method, pair: Pair) -> bool:
     return table in method.tables and not (method.row in ("FSP",) and paper.published(method.row, pair) is None)
 
 
-def build_plan(args, routed: dict[str, list[str]], device: str) -> Plan:
+def build_plan(args, routed: dict[str, list[str]], device: str | None) -> Plan:
+    """The sweep's runs. ``device``: where they train ("cuda", "cpu"), or None when nothing is run (--report_only):
+    the runs get --device cpu where the user asked for the CPU (--device cpu) or ``device`` is "cpu"."""
     pairs, methods = select(args)
     save_root = args.save_root
-    common = ["--save_root", save_root] + (["--device", "cpu"] if device == "cpu" else [])
+    cpu = args.device == "cpu" or device == "cpu"
+    common = ["--save_root", save_root] + (["--device", "cpu"] if cpu else [])
 
     def seeded(trial: int) -> list[str]:
         return [] if args.seed_base is None else ["--seed", str(args.seed_base + trial)]
@@ -303,13 +310,33 @@ def log_tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
 # ---- resources and engines ------------------------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """In the training process (Linux): SIGTERM when the process that started it dies, so that a killed
-    sweep does not leave runs training unwatched."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+class _Prctl:
+    """libc's prctl (None off Linux), looked up when this module is imported, so that a forked child calls it
+    without loading anything (a dlopen between fork and exec can deadlock). A copy pickled to another process
+    (the Ray task, when this file runs as __main__) looks it up again there: a ctypes pointer cannot travel."""
+
+    def __init__(self):
+        try:
+            self.call = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            self.call = None
+
+    def __reduce__(self):
+        return _Prctl, ()
+
+
+_PRCTL = _Prctl()
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """The preexec_fn of a training process (Linux): SIGTERM when ``parent_pid``, the process that started it,
+    dies, so that a killed sweep does not leave runs training unwatched. A parent that died before the prctl
+    (the child has another parent already) stops the child at once."""
+    if _PRCTL.call is not None:
+        _PRCTL.call(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def probe_gpus() -> list[dict]:
@@ -337,8 +364,6 @@ class LocalEngine:
     """Worker processes on this machine: ``runs_per_gpu`` runs share each GPU (CUDA_VISIBLE_DEVICES), or
     ``runs_per_gpu`` runs share the CPU cores."""
 
-    name = "local"
-
     def __init__(self, gpus: list[dict], runs_per_gpu: int, threads: int):
         self.gpus, self.runs_per_gpu, self.threads = gpus, runs_per_gpu, threads
         self.capacity = runs_per_gpu * max(1, len(gpus))
@@ -364,9 +389,9 @@ class LocalEngine:
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = self._visible(gpu)
         with log.open("ab") as out:
-            proc = subprocess.Popen([sys.executable, run.script, *run.argv, "--resume", "auto"], cwd=ROOT, env=env,
-                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    pass_fds=(lock.fd,), preexec_fn=_die_with_parent)
+            proc = subprocess.Popen([sys.executable, *run.words()], cwd=ROOT, env=env, stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, pass_fds=(lock.fd,),
+                                    preexec_fn=functools.partial(_die_with_parent, os.getpid()))
         self.active[run.id] = (proc, gpu)
         return "cpu" if gpu is None else f"gpu{gpu}"
 
@@ -386,17 +411,21 @@ class LocalEngine:
     def wait(self, seconds: float) -> None:
         time.sleep(seconds)
 
+    STOP_TIMEOUT_S = 60.0  # then SIGKILL
+
     def stop(self) -> None:
         """SIGTERM: each run stops at once, its last epoch-end state kept (the next sweep resumes it)."""
         for proc, _ in self.active.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + self.STOP_TIMEOUT_S
         for proc, _ in self.active.values():
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(10)  # so that poll() reports it: a run the sweep stopped (interrupted)
 
 
 def _ray_train(command: list[str], cwd: str, env: dict[str, str], log: str) -> int:
@@ -404,7 +433,8 @@ def _ray_train(command: list[str], cwd: str, env: dict[str, str], log: str) -> i
     CUDA_VISIBLE_DEVICES to the GPU it assigned)."""
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, *command], cwd=cwd, env={**os.environ, **env}, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=functools.partial(_die_with_parent, os.getpid()))
         return proc.wait()
 
 
@@ -417,8 +447,6 @@ def _ray_gpu_memory_mb() -> float:
 class RayEngine:
     """The same runs as Ray tasks on a cluster: each asks for 1/runs_per_gpu of a GPU (or ``threads`` CPUs).
     The project folder and --save_root must be at the same path on every node (a shared filesystem)."""
-
-    name = "ray"
 
     def __init__(self, address: str | None, runs_per_gpu: int | None, threads: int, cpu_only: bool):
         try:
@@ -456,8 +484,7 @@ class RayEngine:
         return f"ray engine: cluster of {self.cpus} CPUs, {where}"
 
     def start(self, run: Run, env: dict[str, str], log: Path, lock: RunLock) -> str:
-        ref = self.task.options(**self.options).remote([run.script, *run.argv, "--resume", "auto"], str(ROOT), env,
-                                                       str(log))
+        ref = self.task.options(**self.options).remote(run.words(), str(ROOT), env, str(log))
         self.active[run.id] = ref
         return "ray"
 
@@ -509,7 +536,6 @@ class State:
     # elsewhere (another sweep holds its lock), interrupted
     where: str = ""
     started: float = 0.0
-    returncode: int | None = None
     tail: list[str] = field(default_factory=list)
     lock: RunLock | None = None
     measured: tuple[int, float] = (0, 0.0)  # (epochs, seconds) of a run finished by this sweep
@@ -592,15 +618,17 @@ class Sweep:
             state.status = "running"
             self.progress.event(run, f"started on {state.where}")
 
-    def finish(self, run_id: str, returncode: int) -> None:
+    def finish(self, run_id: str, returncode: int, stopped: bool = False) -> None:
+        """A run ended with ``returncode``; ``stopped``: the sweep stopped it (interrupt), whatever its exit
+        status (SIGKILL after the grace time, a cancelled Ray task)."""
         run, state = self.runs[run_id], self.states[run_id]
         state.lock.release()
-        state.lock, state.returncode = None, returncode
+        state.lock = None
         results = read_results(run)
         if returncode == 0 and is_done(run, results):
             state.status, state.measured = "finished", epochs_done(run, results)
             self.progress.event(run, "finished")
-        elif returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGTERM, -signal.SIGINT):
+        elif stopped or returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGTERM, -signal.SIGINT):
             state.status = "interrupted"
             self.progress.event(run, "interrupted (rerun the sweep to continue it)")
         else:
@@ -623,9 +651,13 @@ class Sweep:
         self.progress.end(self)
 
     def interrupt(self) -> None:
-        self.engine.stop()
+        """Stop the active runs: those that ended before are judged by their exit status, the others are
+        interrupted (not failed), however the engine stopped them."""
         for run_id, returncode in self.engine.poll():
             self.finish(run_id, returncode)
+        self.engine.stop()
+        for run_id, returncode in self.engine.poll():
+            self.finish(run_id, returncode, stopped=True)
         for run_id, state in self.states.items():
             if state.status == "running":
                 state.status = "interrupted"
@@ -862,7 +894,7 @@ def _main(argv: list[str] | None) -> int:
     routed = route_flags(extra)
     report_dir = Path(args.save_root) / REPORT_FOLDER
     if args.report_only:
-        print(report.write(build_plan(args, routed, "cpu"), None, report_dir))
+        print(report.write(build_plan(args, routed, None), None, report_dir))  # not the machine's device
         return 0
     if args.engine == "ray" and not args.dry_run:
         engine = RayEngine(args.address, args.runs_per_gpu, args.threads or 1, cpu_only=args.device == "cpu")

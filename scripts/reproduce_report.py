@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import shlex
 from pathlib import Path
 from typing import Any
 
@@ -336,7 +335,7 @@ def dry_run(plan: Plan, engine, routed: dict[str, list[str]]) -> str:
         lines.append(f"estimate: {total:.1f} {device}-hours for all runs, {remaining:.1f} still to run (each run "
                      f"alone on a device, from the benchmark's images/s for its method and speed flags, scaled by "
                      f"FLOPs" + (f"; {unknown} runs without a number" if unknown else "") + ")")
-        devices = max(1, len(getattr(engine, "gpus", []) or []) if plan.device == "cuda" else 1)
+        devices = max(1, len(engine.gpus) if plan.device == "cuda" else 1)  # a LocalEngine (the dry run's)
         lines.append(f"wall clock on {devices} {device}(s): at most {remaining / devices:.1f} h; packing "
                      f"{engine.runs_per_gpu} runs per {device} brings it down to {remaining / devices / engine.runs_per_gpu:.1f} h "
                      f"where one run leaves the device idle enough (measure with a packed sample)")
@@ -344,8 +343,8 @@ def dry_run(plan: Plan, engine, routed: dict[str, list[str]]) -> str:
             lines.append(f"note: {estimator.note}")
     else:
         lines.append("estimate: benchmarks.json has no step table (run scripts/benchmark.py --sections steps)")
-    lines.append("commands (each started with --resume auto):")
-    lines += [f"  {shlex.join(['python', r.script, *r.argv])}" for r in plan.runs[:3]]
+    lines.append("commands:")
+    lines += [f"  {r.command()}" for r in plan.runs[:3]]
     if len(plan.runs) > 3:
         lines.append(f"  ... ({len(plan.runs) - 3} more; all are in the plan above)")
     return "\n".join(lines)

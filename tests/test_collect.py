@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from scripts import collect_results as collect
+from scripts import paper
 
 SCRIPT = Path(collect.__file__)
 DEFAULT_ROOTS = [f"./save/{folder}" for folder in collect.RUN_FOLDERS]
@@ -74,7 +75,7 @@ def test_crd_with_a_kd_term_is_its_own_row(runs: Path):
 def test_teacher_row_counts_each_teacher_checkpoint_once_and_student_row_uses_vanilla_runs(runs: Path):
     table = collect.build_table(collect.load_results(DEFAULT_ROOTS))
     assert table.cell("Teacher", PAIR) == collect.Cell(79.42, 0.0, 1)
-    assert table.cell("Student (vanilla)", PAIR) == collect.Cell(72.5, 0.0, 1)
+    assert table.cell(paper.STUDENT_ROW, PAIR) == collect.Cell(72.5, 0.0, 1)
 
 
 def test_teacher_row_falls_back_to_vanilla_runs_of_the_teacher_architecture(tmp_path: Path):
@@ -146,7 +147,7 @@ def test_skip_empty_rows_and_a_note_in_the_table_header(runs: Path, capsys):
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert header == ["Method (synthetic data)", "resnet32x4 -> resnet8x4"]
     rows = [line.split("|")[1].strip() for line in lines[2:]]
-    assert rows == ["Teacher", "Student (vanilla)", "KD", "CRD", "CRD+KD"]  # FitNet is unfinished: no row
+    assert rows == ["Teacher", paper.STUDENT_ROW, "KD", "CRD", "CRD+KD"]  # FitNet is unfinished: no row
     assert collect.main(["--format", "csv", "--note", "synthetic data"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].endswith(",n,note") and all(line.endswith(",synthetic data") for line in lines[1:])
@@ -165,3 +166,29 @@ def test_output_piped_into_a_reader_that_stops_early_ends_without_a_traceback(ru
     err = process.stderr.read().decode()
     assert process.wait(timeout=60) == 1
     assert err == ""  # no "BrokenPipeError", no "Exception ignored"
+
+
+@pytest.mark.parametrize("distill, opt, row", [
+    ("dkd", {"alpha": 0.0}, "DKD"), ("dist", {"alpha": 0.0}, "DIST"), ("reviewkd", {"alpha": 0.0}, "ReviewKD"),
+    ("kd", {"alpha": 9.0, "logit_stand": True}, "KD+LS"), ("dkd", {"alpha": 0.0, "logit_stand": True}, "DKD+LS"),
+    ("crd", {"alpha": 1.0}, "CRD+KD"), ("hint", {"alpha": 0.0}, "FitNet"),
+])
+def test_rows_get_the_names_of_scripts_paper(distill, opt, row):
+    assert collect.method_row({"distill": distill, "opt": opt}) == row
+    assert row in {m.row for m in paper.METHODS}
+
+
+def test_teacher_and_student_rows_are_named_as_in_scripts_paper():
+    assert (collect.TEACHER_ROW, collect.STUDENT_ROW) == (paper.TEACHER_ROW, paper.STUDENT_ROW)
+    assert collect.STUDENT_ROW == "Student"
+    assert collect.PAPER_ROWS[2:] == tuple(m.row for m in paper.METHODS if m.tables)
+
+
+def test_later_methods_rows_follow_the_paper_rows_in_the_order_of_scripts_paper(tmp_path: Path):
+    write_run(tmp_path, "reviewkd", distill="reviewkd", last_acc=71.0)
+    write_run(tmp_path, "dist", distill="dist", last_acc=71.5)
+    write_run(tmp_path, "dkd", distill="dkd", last_acc=72.0)
+    write_run(tmp_path, "other", distill="Another", last_acc=60.0)
+    table = collect.build_table(collect.load_results([tmp_path]))
+    assert table.rows == [*collect.PAPER_ROWS, "DKD", "DIST", "ReviewKD", "Another"]  # not alphabetical
+    assert table.cell("DKD", PAIR) == collect.Cell(72.0, 0.0, 1)

@@ -274,3 +274,233 @@ def test_ray_engine_without_ray_says_how_to_install_it(monkeypatch, capsys):
     assert reproduce.main(["--engine", "ray", "--trials", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "pip install 'ray" in err
+
+
+def test_report_only_rerun_commands_say_device_cpu_only_when_it_was_asked_for(tmp_path):
+    argv = ["--report_only", "--pairs", "resnet56:resnet20", "--methods", "kd", "--trials", "1",
+            "--save_root", str(tmp_path)]
+    assert call(argv)[0] == 0
+    commands = [run["command"] for run in report(tmp_path)["runs"]]
+    assert len(commands) == 2 and not any("--device" in shlex.split(c) for c in commands)  # e.g. after a GPU sweep
+    assert call([*argv, "--device", "cpu"])[0] == 0
+    for command in (run["command"] for run in report(tmp_path)["runs"]):
+        words = shlex.split(command)
+        assert words[words.index("--device") + 1] == "cpu"
+    args, extra = reproduce.parse_args(argv[1:])
+    for device, flagged in (("cpu", True), ("cuda", False), (None, False)):  # a sweep without a GPU: --device cpu
+        plan = reproduce.build_plan(args, reproduce.route_flags(extra), device)
+        assert all(("--device" in run.argv) == flagged for run in plan.runs), device
+
+
+@pytest.mark.parametrize("pair", ["vgg13", "vgg13:", ":vgg8", "vgg13:nonet", "vgg13:vgg8,resnet56:resnet20"])
+def test_paper_script_refuses_a_pair_that_is_not_teacher_colon_student(pair, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        paper.main(["--pair", pair])
+    assert exit_.value.code == 2
+    assert "--pair" in capsys.readouterr().err
+    assert paper.main(["--pair", "vgg13:vgg8"]) == 0
+    assert "--model_s vgg8 " in capsys.readouterr().out
+
+
+def test_paper_script_runs_as_a_script():
+    done = subprocess.run([sys.executable, "scripts/paper.py", "--pair", "vgg13"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "'vgg13' is not TEACHER:STUDENT" in done.stderr
+
+
+def toy_run(folder: Path, script: str = "train_teacher.py", name: str = "vanilla resnet8 trial 1") -> reproduce.Run:
+    return reproduce.Run(name, "vanilla", script, ["--model", "resnet8", "--trial", "1"], folder, epochs=1,
+                         model="resnet8", trial=1)
+
+
+def test_runs_the_sweep_stops_are_interrupted_not_failed_even_when_killed(tmp_path, monkeypatch):
+    """Ctrl-C: a run that ignores the SIGTERM is killed after the grace time (exit status -9), and still counts
+    as interrupted (a rerun continues it), in the sweep and in reproduce.json."""
+    from scripts import reproduce_report
+
+    script = tmp_path / "stubborn.py"
+    script.write_text("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\n"
+                      "time.sleep(120)\n")
+    run = toy_run(tmp_path / "run", script=str(script))
+    plan = reproduce.Plan([run], {}, [], [], [], 1, "cpu")
+    engine = reproduce.LocalEngine([], 1, 1)
+    monkeypatch.setattr(engine, "STOP_TIMEOUT_S", 0.5)
+    report_dir = tmp_path / "reproduce"
+    sweep = reproduce.Sweep(plan, engine, report_dir, 1, reproduce.Progress(io.StringIO(), live=False))
+    sweep.initial_states()
+    sweep.fill()
+    proc = engine.active[run.id][0]
+    log = sweep.log_path(run)
+    deadline = time.monotonic() + 60
+    while "ready" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sweep.interrupt()
+    assert proc.returncode == -signal.SIGKILL
+    assert sweep.states[run.id].status == "interrupted"
+    reproduce_report.write(plan, sweep, report_dir)
+    assert [r["status"] for r in report(tmp_path)["runs"]] == ["interrupted"]
+
+
+def test_a_run_that_failed_before_the_interrupt_stays_failed(tmp_path):
+    run = toy_run(tmp_path / "run", script=str(tmp_path / "missing.py"))  # python exits 2 at once
+    engine = reproduce.LocalEngine([], 1, 1)
+    sweep = reproduce.Sweep(reproduce.Plan([run], {}, [], [], [], 1, "cpu"), engine, tmp_path / "reproduce", 1,
+                            reproduce.Progress(io.StringIO(), live=False))
+    sweep.initial_states()
+    sweep.fill()
+    engine.active[run.id][0].wait(60)
+    sweep.interrupt()
+    assert sweep.states[run.id].status == "failed"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")  # a zombie has stopped
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_training_process_stops_when_the_process_that_started_it_is_killed():
+    code = ("import functools, os, subprocess, sys, time\n"
+            f"sys.path.insert(0, {str(REPO)!r})\n"
+            "from scripts.reproduce import _die_with_parent\n"
+            "child = subprocess.Popen(['sleep', '60'], preexec_fn=functools.partial(_die_with_parent, os.getpid()))\n"
+            "print(child.pid, flush=True)\n"
+            "time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    try:
+        assert _alive(child)
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 5
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child), "the child outlived its parent"
+    finally:
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)
+        parent.stdout.close()
+
+
+def test_a_training_process_whose_parent_is_already_gone_stops_at_once():
+    """The parent died between fork and prctl: the child has another parent already and stops itself."""
+    not_the_parent = os.getppid()
+    proc = subprocess.Popen(["sleep", "60"], preexec_fn=lambda: reproduce._die_with_parent(not_the_parent))
+    try:
+        assert proc.wait(10) == -signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+class FakePopen:
+    """subprocess.Popen for LocalEngine.start: records the command and its environment, runs nothing."""
+
+    started: list = []
+
+    def __init__(self, args, **kwargs):
+        self.args, self.kwargs, self.returncode = args, kwargs, None
+        FakePopen.started.append(self)
+
+    def poll(self):
+        return self.returncode
+
+
+@pytest.fixture
+def fake_gpus(monkeypatch):
+    """Two GPUs (probe_gpus patched) and a Popen that starts nothing."""
+    monkeypatch.setattr(reproduce, "probe_gpus", lambda: [{"free_mb": 4000.0, "total_mb": 8000.0},
+                                                          {"free_mb": 3000.0, "total_mb": 8000.0}])
+    monkeypatch.setattr(reproduce, "run_memory_mb", lambda: 1000.0)
+    monkeypatch.setattr(reproduce.subprocess, "Popen", FakePopen)
+    monkeypatch.setattr(FakePopen, "started", [])
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
+def start_runs(tmp_path: Path, engine: reproduce.LocalEngine, count: int) -> list[tuple[str, str]]:
+    """(where, CUDA_VISIBLE_DEVICES) of ``count`` runs started one after the other."""
+    placed = []
+    for i in range(count):
+        run = toy_run(tmp_path / f"run{i}", name=f"run {i}")
+        where = engine.start(run, {"OMP_NUM_THREADS": "1"}, tmp_path / f"run{i}.log", RunLock(run))
+        placed.append((where, FakePopen.started[-1].kwargs["env"].get("CUDA_VISIBLE_DEVICES")))
+    return placed
+
+
+def test_local_engine_packs_runs_onto_the_gpus_by_load(fake_gpus, tmp_path):
+    args, _ = reproduce.parse_args(["--runs_per_gpu", "2"])
+    engine = reproduce.make_local_engine(args)
+    assert (len(engine.gpus), engine.runs_per_gpu, engine.capacity) == (2, 2, 4)
+    assert start_runs(tmp_path, engine, 4) == [("gpu0", "0"), ("gpu1", "1"), ("gpu0", "0"), ("gpu1", "1")]
+    FakePopen.started[1].returncode = 0  # a run on GPU 1 ends: the next one goes there
+    assert [run_id for run_id, _ in engine.poll()] == ["run 1"]
+    engine.start(toy_run(tmp_path / "run9", name="run 9"), {}, tmp_path / "run9.log", RunLock(toy_run(tmp_path / "r9")))
+    assert FakePopen.started[-1].kwargs["env"]["CUDA_VISIBLE_DEVICES"] == "1"
+    assert FakePopen.started[0].kwargs["env"]["OMP_NUM_THREADS"] == "1"
+
+
+def test_local_engine_maps_its_gpus_onto_the_visible_ones(fake_gpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    args, _ = reproduce.parse_args([])
+    engine = reproduce.make_local_engine(args)
+    assert engine.runs_per_gpu == 2  # from the free memory: min(3400 // 1000, 2550 // 1000)
+    assert start_runs(tmp_path, engine, 3) == [("gpu0", "4"), ("gpu1", "6"), ("gpu0", "4")]
+
+
+def test_local_engine_on_the_cpu_sets_no_gpu(fake_gpus, tmp_path):
+    args, _ = reproduce.parse_args(["--device", "cpu", "--runs_per_gpu", "3"])
+    engine = reproduce.make_local_engine(args)
+    assert (engine.gpus, engine.capacity) == ([], 3)
+    assert start_runs(tmp_path, engine, 2) == [("cpu", None), ("cpu", None)]
+
+
+def test_engines_start_the_command_the_report_shows(fake_gpus, tmp_path):
+    run = toy_run(tmp_path / "run")
+    assert run.command().endswith(" --resume auto")
+    engine = reproduce.LocalEngine([], 1, 1)
+    engine.start(run, {}, tmp_path / "run.log", RunLock(run))
+    started = FakePopen.started[-1]
+    assert started.args == [sys.executable, *shlex.split(run.command())[1:]]
+    preexec = started.kwargs["preexec_fn"]
+    assert preexec.func is reproduce._die_with_parent and preexec.args == (os.getpid(),)
+
+    class Task:  # a Ray remote function: records what it is given
+        def options(self, **options):
+            return self
+
+        def remote(self, *args):
+            self.args = args
+            return object()
+
+    ray_engine = object.__new__(reproduce.RayEngine)
+    ray_engine.task, ray_engine.options, ray_engine.active = Task(), {}, {}
+    assert ray_engine.start(run, {}, tmp_path / "run.log", RunLock(run)) == "ray"
+    assert ray_engine.task.args[0] == shlex.split(run.command())[1:]
+
+
+def test_probe_gpus_reads_each_gpus_free_and_total_memory(monkeypatch):
+    calls = []
+
+    def fake_run(command, **kwargs):
+        calls.append(command)
+        return subprocess.CompletedProcess(command, 0, json.dumps([[2 * 2**30, 8 * 2**30], [2**29, 2**30]]), "")
+
+    monkeypatch.setattr(reproduce.subprocess, "run", fake_run)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert reproduce.probe_gpus() == [] and calls == []  # no CUDA: no child process
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert reproduce.probe_gpus() == [{"free_mb": 2048.0, "total_mb": 8192.0}, {"free_mb": 512.0, "total_mb": 1024.0}]
+    assert calls[0][:2] == [sys.executable, "-c"]
+
+    def failing_run(command, **kwargs):
+        raise subprocess.CalledProcessError(1, command)
+
+    monkeypatch.setattr(reproduce.subprocess, "run", failing_run)
+    assert reproduce.probe_gpus() == []
+    monkeypatch.setattr(reproduce.subprocess, "run",
+                        lambda command, **kwargs: subprocess.CompletedProcess(command, 0, "not json", ""))
+    assert reproduce.probe_gpus() == []
